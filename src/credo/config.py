@@ -1,0 +1,249 @@
+"""Training configuration: component dataclasses, Python presets, TOML files and dotted overrides.
+
+Precedence (later wins): preset -> config file -> command-line overrides such as
+`--rl.clip_high 0.28` or `--task.params.difficulty 3`. The resolved config is written to the run
+folder as `config.json` and can be passed back with `--config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from credo.errors import CredoError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2"
+    """Model: "smollm2" (bundled), "tiny" (random, for tests) or a local Hugging Face folder."""
+    precision: str = "bf16"
+    """"bf16": bf16 autocast for forward/backward and sampling (weights and AdamW state stay fp32);
+    3-4x faster on CPUs with AVX512-BF16. "fp32": exact, slower."""
+    threads: int = 0
+    """torch intra-op threads; 0 keeps torch's default (one per core)."""
+
+
+@dataclass
+class TaskConfig:
+    name: str = "arith"
+    """A registered task (`credo list tasks`) or a 'package.module:Class' import path."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the task, e.g. {"difficulty": 2} or {"path": "data.jsonl"}."""
+    eval_size: int = 500
+    """Held-out problems scored by greedy decoding before warm-up, after warm-up and after RL."""
+    eval_batch_size: int = 100
+    """Prompts per generation call during evaluation."""
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 1.0
+    """Sampling temperature of RL rollouts (evaluation is greedy)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass; 1.0 = off."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 = off."""
+    max_new_tokens: int = 16
+    """Completion budget of rollouts and evaluation."""
+    stop: list[str] = field(default_factory=lambda: ["</answer>"])
+    """Strings that end a completion (kept in it)."""
+
+
+@dataclass
+class WarmupConfig:
+    steps: int = 20
+    """Supervised warm-up (cold start) steps on task demonstrations; 0 skips the stage."""
+    batch_size: int = 16
+    """Demonstrations per step."""
+    lr: float = 3e-5
+    """AdamW learning rate (linear warm-up over the first 10% of steps, then cosine decay)."""
+
+
+@dataclass
+class RLConfig:
+    steps: int = 80
+    """RL steps (each: sample, score, credit, update)."""
+    prompts_per_step: int = 16
+    """Distinct prompts sampled per step."""
+    group_size: int = 4
+    """Completions per prompt (G)."""
+    objective: str = "grpo"
+    """Policy objective (`credo list objectives`)."""
+    credit: str = "grpo"
+    """Advantage estimator (`credo list credit`)."""
+    lr: float = 1.5e-5
+    """AdamW peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    lr_warmup_steps: int = 2
+    """Linear learning-rate warm-up, in optimizer steps."""
+    lr_decay: str = "cosine"
+    """"cosine", "linear" or "constant" decay after the warm-up."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    clip_low: float = 0.2
+    """PPO clip range below 1 (ratio floor 1 - clip_low)."""
+    clip_high: float = 0.2
+    """PPO clip range above 1 (ratio cap 1 + clip_high); DAPO's clip-higher uses 0.28."""
+    kl_coef: float = 0.0
+    """Weight of the KL penalty to a frozen reference model; 0 loads no reference model."""
+    kl_estimator: str = "k3"
+    """KL estimator: k1, k2 or k3."""
+    loss_reduction: str = "token_mean"
+    """token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_sum."""
+    minibatches: int = 2
+    """Optimizer steps per rollout batch (each on a disjoint minibatch), so old != new logprobs."""
+    epochs: int = 1
+    """Passes over the rollout batch."""
+    micro_batch_size: int = 32
+    """Sequences per forward/backward (memory only: gradients are accumulated exactly)."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping by global norm."""
+    skip_zero_advantage: bool = True
+    """Leave out of the update the sequences whose advantage is zero on every token (e.g. groups
+    that all succeeded or all failed). With kl_coef = 0 they carry no gradient, so this only saves
+    their forward/backward; the token count of the reduction then covers the kept tokens, as with
+    DAPO's dynamic sampling."""
+    recompute_old_logprobs: bool = True
+    """Recompute the behaviour logprobs with the trainer's forward pass before updating (costs one
+    forward; removes the sampler/trainer numeric mismatch from the importance ratio)."""
+    objective_params: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the objective."""
+    credit_params: dict[str, Any] = field(default_factory=dict)
+    """Extra keyword arguments of the credit estimator."""
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs"
+    """Parent folder of run folders."""
+    name: str = ""
+    """Run folder name; empty = '<preset>-<timestamp>'."""
+    seed: int = 0
+    """Seed of data order, sampling and initialisation."""
+    eval_base: bool = True
+    """Score the model before warm-up too."""
+    checkpoint_every: int = 0
+    """Save a checkpoint every N RL steps (0 = only after warm-up and at the end)."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "default"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    rl: RLConfig = field(default_factory=RLConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+def to_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Convert a parsed value (or a command-line string) to the field's declared type."""
+    origin = typing.get_origin(kind)
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes"):
+                return True
+            if str(value).lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(f"expected true or false, got {value!r}")
+        if kind is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(f"expected an integer, got {value!r}")
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(f"expected a number, got {value!r}")
+            return float(value)
+        if kind is str:
+            return str(value)
+        if origin is list:
+            if isinstance(value, str):
+                value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+            return [str(v) for v in value]
+        if origin is dict:
+            if isinstance(value, str):
+                value = json.loads(value)
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a table / JSON object, got {value!r}")
+            return dict(value)
+    except (ValueError, TypeError, json.JSONDecodeError) as exc:
+        raise CredoError(f"config field {where}: {exc}") from exc
+    return value
+
+
+def _parse_literal(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply(cfg: Any, updates: dict[str, Any], where: str = "") -> None:
+    """Recursively set fields of a config dataclass from a nested dict, checking names and types."""
+    hints = typing.get_type_hints(type(cfg))
+    valid = {f.name for f in dataclasses.fields(cfg)}
+    for key, value in updates.items():
+        path = f"{where}{key}"
+        if key not in valid:
+            raise CredoError(f"unknown config field {path!r}; valid fields: {', '.join(sorted(valid))}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise CredoError(f"config field {path!r} is a section; give it a table")
+            apply(current, value, f"{path}.")
+        else:
+            setattr(cfg, key, _coerce(value, hints[key], path))
+
+
+def set_dotted(cfg: TrainConfig, dotted: str, text: str) -> None:
+    """Apply one override like ('rl.clip_high', '0.28') or ('task.params.difficulty', '3')."""
+    parts = dotted.split(".")
+    node: Any = cfg
+    for i, part in enumerate(parts):
+        if isinstance(node, dict):  # free-form parameter tables take any key
+            if i == len(parts) - 1:
+                node[part] = _parse_literal(text)
+            else:
+                node = node.setdefault(part, {})
+            continue
+        valid = {f.name for f in dataclasses.fields(node)}
+        if part not in valid:
+            prefix = ".".join(parts[:i])
+            raise CredoError(
+                f"unknown config field {dotted!r}: {prefix + '.' if prefix else ''}{part} is not one "
+                f"of {', '.join(sorted(valid))}"
+            )
+        if i == len(parts) - 1:
+            apply(node, {part: text}, ".".join(parts[:i]) + "." if i else "")
+        else:
+            node = getattr(node, part)
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML or JSON config file into a nested dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise CredoError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix == ".json":
+            return json.loads(text)
+        return tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise CredoError(f"{path}: invalid config file: {exc}") from exc

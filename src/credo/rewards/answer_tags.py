@@ -1,0 +1,55 @@
+"""Parsing of `<answer>...</answer>` tags: plain functions that never raise on model output.
+
+Model output is hostile input: it can be empty, enormous, contain several tags, nested tags, or no
+tags at all. These helpers only look at a bounded prefix of the text and return `None` when no
+well-formed answer is present.
+
+>>> extract_answer("so <answer> 42 </answer>")
+'42'
+>>> extract_answer("no tags") is None
+True
+>>> extract_answer("<answer>1</answer><answer>2</answer>")  # first tag wins
+'1'
+>>> parse_int(" -17 ")
+-17
+>>> parse_int("4.0") is None
+True
+"""
+
+from __future__ import annotations
+
+import re
+
+# A correct completion is short; scanning megabytes of hostile output for tags is wasted work and a
+# potential regex slowdown, so verifiers only look at this many characters.
+MAX_SCAN_CHARS = 4096
+
+_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_INT = re.compile(r"[+-]?\d{1,64}")
+
+
+def extract_answer(text: object) -> str | None:
+    """The stripped content of the first `<answer>...</answer>` tag, or None."""
+    if not isinstance(text, str):
+        return None
+    match = _ANSWER.search(text[:MAX_SCAN_CHARS])
+    return None if match is None else match.group(1).strip()
+
+
+def parse_int(text: str | None) -> int | None:
+    """An integer written plainly (optional sign, at most 64 digits), else None."""
+    if text is None:
+        return None
+    text = text.strip().replace(",", "")
+    return int(text) if _INT.fullmatch(text) else None
+
+
+def only_answer(text: object) -> bool:
+    """True when the text is exactly one answer tag with nothing but whitespace around it.
+
+    Used as the strict format check: text after the closing tag is a known failure mode of small
+    models under RL, and nothing else penalises it.
+    """
+    if not isinstance(text, str) or len(text) > MAX_SCAN_CHARS:
+        return False
+    return re.fullmatch(r"\s*<answer>(?:(?!<answer>).)*?</answer>\s*", text, re.DOTALL) is not None

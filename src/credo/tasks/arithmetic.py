@@ -1,0 +1,88 @@
+"""Integer arithmetic answered in tags: "What is 23+45?" -> "<answer>68</answer>".
+
+Difficulty levels (graded, so curricula and held-out evaluations can pick a level):
+
+| level | problems                              | distinct problems |
+|-------|---------------------------------------|-------------------|
+| 1     | a+b, a,b in 0..9                      | 100               |
+| 2     | a+b, a,b in 10..99 (the default)      | 8,100             |
+| 3     | a+b or a-b, a,b in 10..99             | 16,200            |
+| 4     | a+b or a-b, a,b in 100..999           | 1.6 million       |
+| 5     | a*b, a in 10..99, b in 2..9           | 720               |
+
+Reward: 1.0 when the completion is exactly one answer tag holding the right integer, else 0.0
+(text after the closing tag is not accepted: small models learn to append chatter under RL).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from credo.errors import CredoError
+from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
+from credo.tasks.base import Example, Score, check_split, split_of
+
+_LEVELS = {
+    1: (("+",), 0, 9, 0, 9),
+    2: (("+",), 10, 99, 10, 99),
+    3: (("+", "-"), 10, 99, 10, 99),
+    4: (("+", "-"), 100, 999, 100, 999),
+    5: (("*",), 10, 99, 2, 9),
+}
+
+
+def _evaluate(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+@dataclass
+class ArithmeticTask:
+    difficulty: int = 2
+    system_prompt: str | None = "Reply only with the answer as <answer>N</answer>."
+    name: str = "arith"
+
+    def __post_init__(self):
+        if self.difficulty not in _LEVELS:
+            raise CredoError(
+                f"arith: unknown difficulty {self.difficulty}; valid levels: {sorted(_LEVELS)}"
+            )
+
+    def _draw(self, rng: random.Random) -> tuple[int, str, int]:
+        ops, lo_a, hi_a, lo_b, hi_b = _LEVELS[self.difficulty]
+        return rng.randint(lo_a, hi_a), rng.choice(ops), rng.randint(lo_b, hi_b)
+
+    def examples(self, split: str, n: int, seed: int) -> list[Example]:
+        check_split(split)
+        rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
+        out: list[Example] = []
+        seen: set[str] = set()
+        for _ in range(200 * n + 1000):
+            if len(out) == n:
+                break
+            a, op, b = self._draw(rng)
+            key = f"{a}{op}{b}"
+            if split_of(key) != split or (split == "test" and key in seen):
+                continue  # test problems are distinct; train problems may repeat
+            seen.add(key)
+            answer = str(_evaluate(a, op, b))
+            out.append(
+                Example(
+                    prompt=f"What is {a}{op}{b}?",
+                    answer=answer,
+                    demonstration=f"<answer>{answer}</answer>",
+                    meta={"level": self.difficulty},
+                )
+            )
+        if len(out) < n:
+            raise CredoError(
+                f"arith difficulty {self.difficulty}: only {len(out)} distinct {split} problems "
+                f"exist, {n} were asked for; lower the count or raise the difficulty"
+            )
+        return out
+
+    def score(self, completion: str, example: Example) -> Score:
+        formatted = only_answer(completion)
+        value = parse_int(extract_answer(completion))
+        correct = formatted and value is not None and str(value) == example.answer
+        return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)

@@ -1,0 +1,104 @@
+"""The task protocol: data, prompt rendering with the model's chat template, and a verifier.
+
+A task yields `Example`s for a split ("train" or "test"); each has the user message, the reference
+answer and a demonstration completion used by the supervised warm-up. `Task.score` turns a completion
+into a `Score` and must never raise on model output (empty, huge, malformed, binary junk):
+anything it cannot parse is simply wrong.
+
+Held-out splits are disjoint by construction: generators assign every problem to a split with a
+stable hash of its canonical key (`split_of`), so "test" problems never appear in "train".
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One problem.
+
+    prompt: the user message (no chat markup).
+    answer: the reference answer as a string, what the verifier compares against.
+    demonstration: an ideal assistant completion (no chat markup) for supervised warm-up.
+    meta: free-form details (difficulty level, source row, ...).
+    """
+
+    prompt: str
+    answer: str
+    demonstration: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Score:
+    """The verifier's verdict on one completion.
+
+    reward: the scalar used for training.
+    correct: the answer is right (what accuracy counts).
+    formatted: the completion has the required format (e.g. exactly one answer tag).
+    """
+
+    reward: float
+    correct: bool
+    formatted: bool
+
+
+@runtime_checkable
+class Task(Protocol):
+    name: str
+    system_prompt: str | None
+
+    def examples(self, split: str, n: int, seed: int) -> list[Example]:
+        """`n` examples of `split`, deterministic in `seed`. Raises CredoError if fewer exist."""
+        ...
+
+    def score(self, completion: str, example: Example) -> Score:
+        """Verify a completion. Never raises on model output."""
+        ...
+
+
+def stable_hash(key: str) -> int:
+    """A hash that is the same in every process and Python version (unlike `hash`)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+
+
+def split_of(key: str, test_fraction: float = 0.2) -> str:
+    """Assign a problem, by its canonical key, to "train" or "test"."""
+    return "test" if (stable_hash(key) % 10_000) < test_fraction * 10_000 else "train"
+
+
+def render_prompt(tokenizer, task: Task, example: Example) -> str:
+    """The chat-formatted prompt string ending with the assistant header.
+
+    The task's system prompt replaces the model's default one (SmolLM2's default is 30 tokens of a
+    50-token prompt; short prompts make every step cheaper).
+    """
+    messages = []
+    if task.system_prompt is not None:
+        messages.append({"role": "system", "content": task.system_prompt})
+    messages.append({"role": "user", "content": example.prompt})
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    # A tokenizer without a chat template: plain text, still deterministic.
+    system = f"{task.system_prompt}\n\n" if task.system_prompt else ""
+    return f"{system}{example.prompt}\n"
+
+
+def check_split(split: str) -> None:
+    from credo.errors import CredoError
+
+    if split not in SPLITS:
+        raise CredoError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+
+
+def take(examples: Sequence[Example], n: int, where: str) -> list[Example]:
+    from credo.errors import CredoError
+
+    if len(examples) < n:
+        raise CredoError(f"{where}: asked for {n} examples but only {len(examples)} exist")
+    return list(examples[:n])

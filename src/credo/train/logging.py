@@ -1,0 +1,65 @@
+"""Run-folder outputs: metrics.jsonl (one line per step, flushed), the learning-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN; a missing value is honest
+    return value
+
+
+class MetricsWriter:
+    """Appends one JSON object per line and flushes it, so a crash loses at most the current line."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, out_path: Path, evals: dict[str, float] | None = None) -> None:
+    """A 2 x 3 PNG of the RL learning curves (reward, accuracy, length, KL, clip fraction, entropy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_metrics(metrics_path) if r.get("phase") == "rl"]
+    panels = [
+        ("reward_mean", "reward (mean)"),
+        ("accuracy", "train accuracy"),
+        ("response_length", "response length (tokens)"),
+        ("approx_kl", "approx KL (old vs new)"),
+        ("clip_fraction", "clip fraction"),
+        ("entropy", "entropy (nats/token)"),
+    ]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+    for ax, (key, title) in zip(axes.flat, panels):
+        xs = [r["step"] for r in rows if r.get(key) is not None]
+        ys = [r[key] for r in rows if r.get(key) is not None]
+        ax.plot(xs, ys, marker=".", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    if evals:
+        text = "held-out accuracy: " + ", ".join(f"{k} {v:.1%}" for k, v in evals.items())
+        fig.suptitle(text)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)

@@ -1,0 +1,178 @@
+"""A whole training run: set up the run folder, evaluate, warm up, RL, evaluate, summarise.
+
+Run folder layout (`runs/<name>/`):
+  config.json         the resolved configuration (pass it back with --config to repeat the run)
+  metrics.jsonl       one JSON line per warm-up and RL step (flushed as it is written)
+  summary.json        held-out accuracy before warm-up, after warm-up and after RL, timings
+  curves.png          learning curves of the RL stage
+  checkpoints/warmup  model after warm-up (Hugging Face folder, safetensors)
+  checkpoints/final   model after RL
+  checkpoints/step_N  periodic checkpoints when run.checkpoint_every > 0
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from credo.config import TrainConfig, to_dict
+from credo.credit import CREDIT
+from credo.errors import CredoError
+from credo.models import load_policy
+from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
+from credo.rollout import SamplingParams, TorchEngine
+from credo.tasks import make_task
+from credo.train.checkpoint import save_checkpoint
+from credo.train.evaluate import evaluate
+from credo.train.logging import MetricsWriter, plot_curves
+from credo.train.optim import lr_at, make_optimizer, set_lr
+from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
+from credo.train.sft import run_warmup
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_run_dir(cfg: TrainConfig) -> Path:
+    name = cfg.run.name or f"{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    folder = Path(cfg.run.out_dir) / name
+    if (folder / "summary.json").exists():
+        raise CredoError(f"run folder {folder} already holds a finished run; pick another run.name")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Resolve every name early, so a typo fails before minutes of loading and evaluation."""
+    OBJECTIVES.get(cfg.rl.objective)
+    CREDIT.get(cfg.rl.credit)
+    KL_ESTIMATORS.get(cfg.rl.kl_estimator)
+    if cfg.rl.loss_reduction not in REDUCTIONS:
+        raise CredoError(f"unknown rl.loss_reduction {cfg.rl.loss_reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if cfg.model.precision not in PRECISIONS:
+        raise CredoError(f"unknown model.precision {cfg.model.precision!r}; valid: {', '.join(PRECISIONS)}")
+    for name in ("prompts_per_step", "group_size", "minibatches", "epochs", "micro_batch_size"):
+        if getattr(cfg.rl, name) < 1:
+            raise CredoError(f"rl.{name} must be at least 1, got {getattr(cfg.rl, name)}")
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the configured job end to end; returns the summary (also written to summary.json)."""
+    validate(cfg)
+    started = time.perf_counter()
+    if cfg.model.threads:
+        torch.set_num_threads(cfg.model.threads)
+    seed_everything(cfg.run.seed)
+    task = make_task(cfg.task.name, **cfg.task.params)
+    test = task.examples("test", cfg.task.eval_size, seed=0)  # fixed across seeds: comparable runs
+    run_dir = make_run_dir(cfg)
+    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    policy = load_policy(cfg.model.name, seed=cfg.run.seed)
+    model, tokenizer = policy.model, policy.tokenizer
+    dtype = PRECISIONS[cfg.model.precision]
+    engine = TorchEngine(model, tokenizer, autocast_dtype=dtype)
+    sc = cfg.sampling
+    sampling = SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop))
+    writer = MetricsWriter(run_dir / "metrics.jsonl")
+    summary: dict[str, Any] = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
+                               "model": policy.source, "task": cfg.task.name, "eval_size": len(test)}
+    timings: dict[str, float] = {"load": time.perf_counter() - started}
+
+    def held_out(label: str) -> None:
+        t = time.perf_counter()
+        result = evaluate(engine, tokenizer, task, test, sampling, batch_size=cfg.task.eval_batch_size)
+        timings[f"eval_{label}"] = time.perf_counter() - t
+        summary[label] = result
+        writer.write({"phase": "eval", "stage": label, **result})
+        print(f"credo: held-out accuracy {label}: {result['accuracy']:.1%} "
+              f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
+
+    if cfg.run.eval_base:
+        held_out("base")
+
+    # -- supervised warm-up ---------------------------------------------------------------------
+    t = time.perf_counter()
+    if cfg.warmup.steps > 0:
+        demos = task.examples("train", cfg.warmup.steps * cfg.warmup.batch_size, seed=cfg.run.seed + 10_000)
+        bar = _progress(cfg.warmup.steps, "warm-up", cfg.run.progress)
+
+        def on_warmup_step(record: dict) -> None:
+            writer.write(record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+
+        run_warmup(model, tokenizer, task, demos, steps=cfg.warmup.steps, batch_size=cfg.warmup.batch_size,
+                   lr=cfg.warmup.lr, seed=cfg.run.seed, autocast_dtype=dtype, on_step=on_warmup_step)
+        bar.close()
+        timings["warmup"] = time.perf_counter() - t
+        held_out("warmup")
+        save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "warmup", {"stage": "warmup"})
+
+    # -- reinforcement learning -----------------------------------------------------------------
+    rl = cfg.rl
+    common = {"clip_low": rl.clip_low, "clip_high": rl.clip_high, "kl_coef": rl.kl_coef,
+              "kl_estimator": KL_ESTIMATORS.get(rl.kl_estimator)}
+    objective = bind_params(OBJECTIVES.get(rl.objective), common, rl.objective_params, "objective")
+    credit = bind_params(CREDIT.get(rl.credit), {}, rl.credit_params, "credit estimator")
+    ref_model = None
+    if rl.kl_coef > 0:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
+    settings = UpdateSettings(
+        reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
+        micro_batch_size=rl.micro_batch_size, max_grad_norm=rl.max_grad_norm,
+        temperature=sampling.temperature if sampling.temperature > 0 else 1.0,
+        norm_constant=float(sampling.max_new_tokens), skip_zero_advantage=rl.skip_zero_advantage,
+        autocast_dtype=dtype, recompute_old_logprobs=rl.recompute_old_logprobs,
+    )
+    ctx = RLContext(model, ref_model, tokenizer, engine, optimizer, task, objective, credit,
+                    sampling, rl.group_size, settings, cfg.run.seed)
+    prompts = task.examples("train", max(1, rl.steps * rl.prompts_per_step), seed=cfg.run.seed)
+    t = time.perf_counter()
+    bar = _progress(rl.steps, "RL", cfg.run.progress)
+    for step in range(rl.steps):
+        lr = lr_at(step, rl.steps, peak=rl.lr, warmup=rl.lr_warmup_steps, decay=rl.lr_decay,
+                   min_ratio=rl.min_lr_ratio)
+        set_lr(optimizer, lr)
+        chunk = prompts[step * rl.prompts_per_step : (step + 1) * rl.prompts_per_step]
+        metrics = rl_step(ctx, step, chunk)
+        writer.write({"phase": "rl", "step": step, "lr": lr, **metrics})
+        bar.update(1)
+        bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
+                        s_step=f"{metrics['step_time']:.1f}")
+        if cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0:
+            save_checkpoint(model, tokenizer, run_dir / "checkpoints" / f"step_{step + 1}", {"rl_step": step + 1})
+    bar.close()
+    timings["rl"] = time.perf_counter() - t
+    held_out("rl")
+    save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final", {"rl_step": rl.steps})
+    writer.close()
+
+    timings["total"] = time.perf_counter() - started
+    summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    evals = {k: summary[k]["accuracy"] for k in ("base", "warmup", "rl") if k in summary}
+    if "warmup" in summary:
+        summary["rl_gain_over_warmup"] = summary["rl"]["accuracy"] - summary["warmup"]["accuracy"]
+    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", evals)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"credo: run folder {run_dir} ({timings['total']:.0f} s)", flush=True)
+    return summary

@@ -1,0 +1,74 @@
+"""Supervised warm-up (cold start): next-token loss on demonstration completions only.
+
+As in "Warm Up Before You Train" (arXiv 2505.13718): a short supervised stage teaches the answer
+format before RL, and is kept short so RL still has room to improve. The loss is the token mean of
+-log p over completion tokens (prompt tokens are context, never targets); the demonstration is
+followed by the tokenizer's EOS so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Callable, Sequence
+
+import torch
+
+from credo.logprobs import token_logprobs
+from credo.rollout.torch_engine import autocast_context
+from credo.tasks.base import Example, Task, render_prompt
+from credo.train.optim import lr_at, make_optimizer, set_lr
+
+
+def demonstration_batch(tokenizer, task: Task, examples: Sequence[Example]):
+    """tokens [B, T], attention_mask [B, T], loss_mask [B, T] for prompt + demonstration + EOS."""
+    rows, targets = [], []
+    for ex in examples:
+        prompt = tokenizer(render_prompt(tokenizer, task, ex), add_special_tokens=False)["input_ids"]
+        answer = tokenizer(ex.demonstration, add_special_tokens=False)["input_ids"]
+        rows.append(prompt + answer + [tokenizer.eos_token_id])
+        targets.append(len(prompt))
+    T = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    tokens = torch.full((len(rows), T), pad, dtype=torch.long)
+    attention = torch.zeros((len(rows), T), dtype=torch.bool)
+    loss_mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, (row, start) in enumerate(zip(rows, targets)):
+        tokens[i, : len(row)] = torch.tensor(row)
+        attention[i, : len(row)] = True
+        loss_mask[i, start : len(row)] = True
+    return tokens, attention, loss_mask
+
+
+def run_warmup(
+    model,
+    tokenizer,
+    task: Task,
+    examples: Sequence[Example],
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    autocast_dtype,
+    on_step: Callable[[dict], None],
+) -> None:
+    """`steps` AdamW steps of supervised warm-up; `on_step` receives each step's metrics."""
+    if steps <= 0:
+        return
+    optimizer = make_optimizer(model, lr, weight_decay=0.0)
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    model.train()
+    device = next(model.parameters()).device
+    for step in range(steps):
+        set_lr(optimizer, lr_at(step, steps, peak=lr, warmup=max(1, steps // 10), decay="cosine", min_ratio=0.1))
+        chunk = [order[(step * batch_size + k) % len(order)] for k in range(batch_size)]
+        tokens, attention, loss_mask = demonstration_batch(tokenizer, task, chunk)
+        with autocast_context(autocast_dtype, device):
+            logprobs, _ = token_logprobs(model, tokens, attention, loss_mask)
+        loss = -(logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        on_step({"phase": "warmup", "step": step, "loss": loss.item(), "grad_norm": float(grad_norm)})
