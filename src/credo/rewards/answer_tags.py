@@ -10,6 +10,10 @@ well-formed answer is present.
 True
 >>> extract_answer("<answer>1</answer><answer>2</answer>")  # first tag wins
 '1'
+>>> only_answer("<answer>1</answer> junk </answer>")  # text after the first closing tag
+False
+>>> only_answer("  <answer>7</answer>  ")
+True
 >>> parse_int(" -17 ")
 -17
 >>> parse_int("4.0") is None
@@ -52,4 +56,4 @@ def only_answer(text: object) -> bool:
     """
     if not isinstance(text, str) or len(text) > MAX_SCAN_CHARS:
         return False
-    return re.fullmatch(r"\s*<answer>(?:(?!<answer>).)*?</answer>\s*", text, re.DOTALL) is not None
+    return re.fullmatch(r"\s*<answer>(?:(?!</?answer>).)*</answer>\s*", text, re.DOTALL) is not None

@@ -1,0 +1,183 @@
+"""A task loaded from the user's JSONL file: one JSON object per line.
+
+    {"prompt": "What is the capital of France?", "answer": "Paris"}
+    {"prompt": "What is 6*7?", "answer": 42, "split": "test"}
+
+Fields (names configurable): `prompt` (a non-empty string), `answer` (a string or a number),
+optionally a demonstration completion (default: "<answer>{answer}</answer>") and a split column
+whose values must be "train" or "test" (default: each row's split is a stable hash of its prompt,
+see `split_of`). Blank lines are skipped. The file is read once, on first use, and every problem
+with it is a `CredoError` naming the file, the line and the field.
+
+Matching of the answer inside `<answer>...</answer>` (`match`):
+- "exact": the stripped strings are equal (case-sensitive);
+- "int": both are plain integers (`parse_int`: optional sign, commas allowed) and equal;
+- "float": both are decimal numbers (commas allowed) within a relative tolerance of 1e-6.
+
+Reward: 1.0 when the completion is exactly one answer tag (`only_answer`) with a matching answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from credo.errors import CredoError
+from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
+from credo.tasks.base import SPLITS, Example, Score, check_split, split_of
+
+MATCHES = ("exact", "int", "float")
+_FLOAT = re.compile(r"[+-]?(?:\d{1,64}(?:\.\d{0,64})?|\.\d{1,64})(?:[eE][+-]?\d{1,4})?")
+_JSON_TYPES = {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
+               float: "number", type(None): "null"}  # fmt: skip
+
+
+def parse_float(text: str | None) -> float | None:
+    """A finite decimal number written plainly (commas allowed), else None.
+
+    >>> parse_float(" 1,234.5 ")
+    1234.5
+    >>> parse_float("nan") is None
+    True
+    """
+    if not isinstance(text, str):
+        return None
+    text = text.strip().replace(",", "")
+    if not _FLOAT.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def _type_name(value: object) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+@dataclass
+class JsonlTask:
+    path: str
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    demonstration_field: str | None = None
+    system_prompt: str | None = "Reply only with the answer as <answer>...</answer>."
+    split_field: str | None = None
+    match: str = "exact"
+    name: str = "jsonl"
+    _rows: list[tuple[str, Example]] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self):
+        if self.match not in MATCHES:
+            raise CredoError(f"jsonl: unknown match {self.match!r}; valid: {', '.join(MATCHES)}")
+
+    def _rows_cached(self) -> list[tuple[str, Example]]:
+        if self._rows is None:
+            self._rows = self._read()
+        return self._rows
+
+    def _read(self) -> list[tuple[str, Example]]:
+        path = Path(self.path)
+        if not path.exists():
+            raise CredoError(f"jsonl: file not found: {self.path}")
+        try:
+            lines = path.read_bytes().split(b"\n")
+        except OSError as exc:
+            raise CredoError(f"jsonl: cannot read {self.path}: {exc.strerror or exc}") from None
+        rows = []
+        for number, raw in enumerate(lines, start=1):
+            where = f"{self.path}:{number}"
+            try:
+                line = raw.decode("utf-8").lstrip("\ufeff")
+            except UnicodeDecodeError as exc:
+                raise CredoError(f"{where}: not valid UTF-8: {exc.reason}") from None
+            if line.strip():
+                rows.append(self._row(self._json(line, where), where, number))
+        if not rows:
+            raise CredoError(f"{self.path}: no rows (the file is empty or has only blank lines)")
+        return rows
+
+    @staticmethod
+    def _json(line: str, where: str) -> dict:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CredoError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from None
+        except (ValueError, RecursionError) as exc:  # e.g. nesting too deep
+            raise CredoError(f"{where}: invalid JSON: {type(exc).__name__}") from None
+        if not isinstance(row, dict):
+            raise CredoError(f"{where}: expected a JSON object, got {_type_name(row)}")
+        return row
+
+    @staticmethod
+    def _field(row: dict, name: str, where: str, kinds: tuple[type, ...], wanted: str):
+        if name not in row:
+            raise CredoError(f"{where}: missing field {name!r}")
+        value = row[name]
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise CredoError(f"{where}: field {name!r} must be {wanted}, got {_type_name(value)}")
+        return value
+
+    def _row(self, row: dict, where: str, number: int) -> tuple[str, Example]:
+        prompt = self._field(row, self.prompt_field, where, (str,), "a string")
+        if not prompt.strip():
+            raise CredoError(f"{where}: field {self.prompt_field!r} is empty")
+        answer = self._answer(row, where)
+        demonstration = f"<answer>{answer}</answer>"
+        if self.demonstration_field is not None:
+            demonstration = self._field(row, self.demonstration_field, where, (str,), "a string")
+        split = split_of(prompt)
+        if self.split_field is not None:
+            split = self._field(row, self.split_field, where, (str,), "a string")
+            if split not in SPLITS:
+                raise CredoError(
+                    f"{where}: field {self.split_field!r} must be 'train' or 'test', got {split!r}"
+                )
+        meta = {"source": self.path, "line": number}
+        return split, Example(prompt, answer, demonstration, meta)
+
+    def _answer(self, row: dict, where: str) -> str:
+        name = self.answer_field
+        value = self._field(row, name, where, (str, int, float), "a string or number")
+        answer = str(value).strip()
+        if not answer:
+            raise CredoError(f"{where}: field {name!r} is empty")
+        if self.match == "int" and parse_int(answer) is None:
+            raise CredoError(f"{where}: field {name!r} is not an integer (match='int'): {answer!r}")
+        if self.match == "float" and parse_float(answer) is None:
+            raise CredoError(f"{where}: field {name!r} is not a number (match='float'): {answer!r}")
+        return answer
+
+    def examples(self, split: str, n: int, seed: int) -> list[Example]:
+        check_split(split)
+        rows = self._rows_cached()
+        pool = [example for row_split, example in rows if row_split == split]
+        if not pool:
+            raise CredoError(f"{self.path}: no rows in split {split!r} ({len(rows)} rows in all)")
+        if not 0 <= n <= len(pool):
+            raise CredoError(
+                f"{self.path}: asked for {n} {split} examples but the file has {len(pool)} "
+                f"{split} rows ({len(rows)} rows in all)"
+            )
+        random.Random(f"{self.name}:{split}:{seed}").shuffle(pool)
+        return pool[:n]
+
+    def _matches(self, given: str | None, answer: str) -> bool:
+        if given is None:
+            return False
+        if self.match == "exact":
+            return given == answer.strip()
+        if self.match == "int":
+            value = parse_int(given)
+            return value is not None and value == parse_int(answer)
+        value, expected = parse_float(given), parse_float(answer)
+        if value is None or expected is None:
+            return False
+        return math.isclose(value, expected, rel_tol=1e-6)
+
+    def score(self, completion: str, example: Example) -> Score:
+        formatted = only_answer(completion)
+        correct = formatted and self._matches(extract_answer(completion), example.answer)
+        return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)

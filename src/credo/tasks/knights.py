@@ -1,0 +1,224 @@
+"""Knights and Knaves: logic puzzles with a unique solution, found by brute force.
+
+The puzzle family of "Logic-RL: Unleashing LLM Reasoning with Rule-Based Reinforcement Learning"
+(arXiv 2502.14768) and of "Warm Up Before You Train: Unlocking General Reasoning in
+Resource-Constrained Settings" (arXiv 2505.13718), which uses it as the warm-up domain.
+
+An island's inhabitants are knights (always tell the truth) or knaves (always lie). Each of N
+inhabitants makes one statement; the model must say who is what:
+
+    prompt:  ... You meet 2 inhabitants: Ann and Bob. Ann says: "Bob is a knave."
+             Bob says: "Ann and I are the same kind." ...
+    answer:  <answer>Ann: knight, Bob: knave</answer>
+
+Statements are built from these forms (X, Y: other inhabitants; P, Q: any two distinct
+inhabitants, the speaker written as "I"):
+"X is a knight/knave", "X and Y are both knights/knaves", "X and I are the same kind",
+"X and I are different kinds", and "<P is a k> and/or <Q is a k>", "If <P is a k>, then
+<Q is a k>", "<P is a k> if and only if <Q is a k>".
+
+Generation draws one random statement per inhabitant, checks all 2^N assignments and keeps the
+puzzle only if exactly one assignment is consistent (every knight's statement true, every
+knave's false).
+
+Difficulty = N, the number of inhabitants, 2..6 (default 2). The inhabitants are always the first
+N of Ann, Bob, Cal, Dee, Eve, Fay, so the canonical key (the rendered puzzle text) identifies the
+puzzle's logical structure and renamings cannot leak test puzzles into the train split. At N=2 only
+680 distinct puzzles exist, 147 of them in the test split.
+
+The verifier is lenient about case, order, whitespace and separators ("ann is a knight; Bob:
+knave" is fine) but every inhabitant must be named exactly once with exactly one of "knight" or
+"knave"; any other word (such as "not") or an unknown name makes the answer wrong.
+Reward: 1.0 when the completion is exactly one answer tag (`only_answer`) with the right roles.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from dataclasses import dataclass
+
+from credo.errors import CredoError
+from credo.rewards.answer_tags import extract_answer, only_answer
+from credo.tasks.base import Example, Score, check_split, split_of
+
+NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay")
+LEVELS = range(2, len(NAMES) + 1)
+_FILLER = {"is", "a", "an", "and", "the"}
+_ROLES = {"knight": True, "knave": False}
+_INTRO = (
+    "A very special island is inhabited only by knights and knaves. Knights always tell the "
+    "truth, and knaves always lie."
+)
+
+# A statement is a tuple: ("is", x, role), ("both", x, y, role), ("same", x), ("diff", x), or
+# (connective, (p, role), (q, role)) with connective in and/or/if/iff. People are indices, roles
+# are booleans (True = knight).
+_CONNECTIVES = ("and", "or", "if", "iff")
+
+
+def _holds(statement: tuple, speaker: int, roles: tuple[bool, ...]) -> bool:
+    """Whether a statement is true under an assignment of roles."""
+    form = statement[0]
+    if form == "is":
+        return roles[statement[1]] == statement[2]
+    if form == "both":
+        return roles[statement[1]] == statement[3] and roles[statement[2]] == statement[3]
+    if form in ("same", "diff"):
+        return (roles[statement[1]] == roles[speaker]) == (form == "same")
+    p = roles[statement[1][0]] == statement[1][1]
+    q = roles[statement[2][0]] == statement[2][1]
+    return {"and": p and q, "or": p or q, "if": (not p) or q, "iff": p == q}[form]
+
+
+def solutions(statements: list[tuple]) -> list[tuple[bool, ...]]:
+    """Every role assignment under which each knight's statement is true and each knave's false."""
+    n = len(statements)
+    return [
+        roles
+        for roles in itertools.product((True, False), repeat=n)
+        if all(_holds(s, i, roles) == roles[i] for i, s in enumerate(statements))
+    ]
+
+
+def _random_statement(rng: random.Random, speaker: int, n: int) -> tuple:
+    others = [i for i in range(n) if i != speaker]
+    forms = ["is", "same", "diff", *_CONNECTIVES] + (["both"] if len(others) >= 2 else [])
+    form = rng.choice(forms)
+    role = rng.random() < 0.5
+    if form == "is":
+        return ("is", rng.choice(others), role)
+    if form == "both":
+        x, y = sorted(rng.sample(others, 2))
+        return ("both", x, y, role)
+    if form in ("same", "diff"):
+        return (form, rng.choice(others))
+    p, q = rng.sample(range(n), 2)
+    return (form, (p, role), (q, rng.random() < 0.5))
+
+
+def _clause(person: int, role: bool, speaker: int) -> str:
+    kind = "knight" if role else "knave"
+    return f"I am a {kind}" if person == speaker else f"{NAMES[person]} is a {kind}"
+
+
+def render_statement(statement: tuple, speaker: int) -> str:
+    """The statement as the speaker says it, e.g. "If Bob is a knight, then I am a knave."."""
+    form = statement[0]
+    if form == "is":
+        text = _clause(statement[1], statement[2], speaker)
+    elif form == "both":
+        kinds = "knights" if statement[3] else "knaves"
+        text = f"{NAMES[statement[1]]} and {NAMES[statement[2]]} are both {kinds}"
+    elif form in ("same", "diff"):
+        kind = "the same kind" if form == "same" else "different kinds"
+        text = f"{NAMES[statement[1]]} and I are {kind}"
+    else:
+        p, q = _clause(*statement[1], speaker), _clause(*statement[2], speaker)
+        template = {"and": "{} and {}", "or": "{} or {}", "if": "if {}, then {}",
+                    "iff": "{} if and only if {}"}[form]  # fmt: skip
+        text = template.format(p, q)
+    return text[0].upper() + text[1:] + "."
+
+
+def render_puzzle(statements: list[tuple]) -> str:
+    names = list(NAMES[: len(statements)])
+    listed = ", ".join(names[:-1]) + f" and {names[-1]}"
+    said = " ".join(
+        f'{NAMES[i]} says: "{render_statement(s, i)}"' for i, s in enumerate(statements)
+    )
+    example = ", ".join(f"{name}: ..." for name in names)
+    return (
+        f"{_INTRO} You meet {len(names)} inhabitants: {listed}. {said} "
+        f"Who is a knight and who is a knave? Answer as <answer>{example}</answer> with each "
+        "... replaced by knight or knave."
+    )
+
+
+def render_answer(roles: tuple[bool, ...]) -> str:
+    return ", ".join(f"{NAMES[i]}: {'knight' if r else 'knave'}" for i, r in enumerate(roles))
+
+
+def parse_roles(text: object) -> dict[str, bool] | None:
+    """Name -> is-knight from an answer such as "Ann: knight, bob is a KNAVE", or None.
+
+    None when a word is neither a name, a role nor a filler word, when a role has no name before
+    it, when a name has no role or several, or when a name appears twice.
+
+    >>> parse_roles("Ann: knight, bob is a KNAVE")
+    {'ann': True, 'bob': False}
+    >>> parse_roles("Ann: not a knight") is None
+    True
+    """
+    if not isinstance(text, str):
+        return None
+    names = {name.lower() for name in NAMES}
+    roles: dict[str, bool] = {}
+    current: str | None = None
+    for word in re.findall(r"[^\W\d_]+|\d+", text.lower()):
+        if word in names:
+            if word in roles or current is not None:
+                return None
+            current = word
+        elif word in _ROLES:
+            if current is None:
+                return None
+            roles[current], current = _ROLES[word], None
+        elif word not in _FILLER:
+            return None
+    return roles if current is None and roles else None
+
+
+@dataclass
+class KnightsKnavesTask:
+    difficulty: int = 2
+    system_prompt: str | None = "Reply only with the answer as <answer>...</answer>."
+    name: str = "knights"
+
+    def __post_init__(self):
+        if self.difficulty not in LEVELS:
+            raise CredoError(
+                f"knights: unknown difficulty {self.difficulty}; valid levels (number of "
+                f"inhabitants): {list(LEVELS)}"
+            )
+
+    def _draw(self, rng: random.Random) -> tuple[list[tuple], tuple[bool, ...]] | None:
+        n = self.difficulty
+        statements = [_random_statement(rng, i, n) for i in range(n)]
+        found = solutions(statements)
+        return (statements, found[0]) if len(found) == 1 else None
+
+    def examples(self, split: str, n: int, seed: int) -> list[Example]:
+        check_split(split)
+        rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
+        out: list[Example] = []
+        seen: set[str] = set()
+        for _ in range(200 * n + 1000):
+            if len(out) == n:
+                break
+            drawn = self._draw(rng)
+            if drawn is None:
+                continue
+            prompt = render_puzzle(drawn[0])
+            if split_of(prompt) != split or (split == "test" and prompt in seen):
+                continue  # test puzzles are distinct; train puzzles may repeat
+            seen.add(prompt)
+            answer = render_answer(drawn[1])
+            out.append(
+                Example(prompt, answer, f"<answer>{answer}</answer>", {"level": self.difficulty})
+            )
+        if len(out) < n:
+            raise CredoError(
+                f"knights difficulty {self.difficulty}: only {len(out)} distinct {split} puzzles "
+                f"were found, {n} were asked for; lower the count or raise the difficulty"
+            )
+        return out
+
+    def score(self, completion: str, example: Example) -> Score:
+        formatted = only_answer(completion)
+        correct = False
+        if formatted:
+            given = parse_roles(extract_answer(completion))
+            correct = given is not None and given == parse_roles(example.answer)
+        return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
