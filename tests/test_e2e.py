@@ -6,6 +6,8 @@ import math
 import pytest
 
 from credo.cli import main
+from credo.tasks import TASKS, Score
+from credo.tasks.arithmetic import ArithmeticTask
 from credo.train.logging import read_metrics
 
 REQUIRED_RL_KEYS = {
@@ -77,3 +79,23 @@ def test_finished_run_folder_is_not_overwritten(tiny_run, capsys):
     code = main(["train", "--preset", "tiny", "--run.out_dir", str(tiny_run.parent), "--run.name", "t"])
     assert code == 2
     assert "already holds a finished run" in capsys.readouterr().err
+
+
+class ParityTask(ArithmeticTask):
+    """Rewards odd-length completions: a non-constant reward a random model can earn."""
+
+    def score(self, completion, example):
+        return Score(reward=float(len(completion) % 2), correct=len(completion) % 2 == 1, formatted=True)
+
+
+def test_kl_to_reference_model_path(tmp_path, monkeypatch):
+    """kl_coef > 0 loads a frozen reference copy: KL is 0 before the first update, then grows."""
+    monkeypatch.setitem(TASKS._items, "parity", ParityTask)
+    code = main(["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--run.name", "kl",
+                 "--run.progress", "false", "--rl.steps", "3", "--rl.kl_coef", "0.04", "--rl.minibatches", "1",
+                 "--task.name", "parity", "--rl.lr", "0.01",
+                 "--run.eval_base", "false", "--task.eval_size", "4", "--warmup.steps", "0"])
+    assert code == 0
+    rl = [r for r in read_metrics(tmp_path / "kl" / "metrics.jsonl") if r["phase"] == "rl"]
+    assert rl[0]["kl_ref"] == pytest.approx(0.0, abs=1e-7)  # policy == reference before any update
+    assert rl[2]["kl_ref"] > 1e-6

@@ -1,6 +1,9 @@
 """Policy objectives: pure functions fn(logprobs, batch, *, hparams) -> LossTerms, by name."""
 
 from credo.objectives import grpo  # noqa: F401  (registers "grpo")
+from credo.objectives import baselines  # noqa: F401  (registers "dr_grpo", "lite_ppo")
+from credo.objectives import dapo  # noqa: F401  (registers "dapo")
+from credo.objectives import ratio_variants  # noqa: F401  (registers "gspo", "gspo_token", "cispo", "sapo")
 from credo.objectives.base import OBJECTIVES, LossTerms, masked_mean
 from credo.objectives.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3
 from credo.objectives.reduce import REDUCTIONS, reduce_loss

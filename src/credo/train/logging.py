@@ -53,7 +53,13 @@ def plot_curves(metrics_path: Path, out_path: Path, evals: dict[str, float] | No
     for ax, (key, title) in zip(axes.flat, panels):
         xs = [r["step"] for r in rows if r.get(key) is not None]
         ys = [r[key] for r in rows if r.get(key) is not None]
-        ax.plot(xs, ys, marker=".", linewidth=1)
+        ax.plot(xs, ys, marker=".", linewidth=0.8, alpha=0.45, label="per step")
+        if len(ys) >= 5:  # a trailing moving average: single RL steps are noisy
+            window = max(3, len(ys) // 10)
+            smooth = [sum(ys[max(0, i - window + 1) : i + 1]) / len(ys[max(0, i - window + 1) : i + 1])
+                      for i in range(len(ys))]
+            ax.plot(xs, smooth, linewidth=2, label=f"mean of last {window}")
+            ax.legend(fontsize=7, loc="best")
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.grid(alpha=0.3)

@@ -101,8 +101,10 @@ def ppo_update(
     weight = 0.0
     updates = skipped = 0
     grad_norms = []
-    if len(rows) == 0:
-        return {"updates": 0, "skipped_updates": 0}
+    if len(rows) == 0:  # e.g. every group all-correct or all-wrong: nothing to learn from
+        nan = float("nan")
+        return {"updates": 0, "skipped_updates": 0, "trained_sequences": 0, "grad_norm": nan,
+                **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
     model.train()
     if settings.recompute_old_logprobs:
@@ -216,6 +218,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,
-        "tokens_per_s": (gen_tokens + float(batch.attention_mask.sum())) / max(t_end - t0, 1e-9),
+        # prompt + completion tokens of the rollout batch per second of the whole step
+        "tokens_per_s": float(batch.attention_mask.sum()) / max(t_end - t0, 1e-9),
         "gen_tokens_per_s": gen_tokens / max(t_gen - t0, 1e-9),
     }
