@@ -16,6 +16,7 @@ import copy
 import json
 import random
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -75,8 +76,37 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the configured job end to end; returns the summary (also written to summary.json)."""
+@dataclass
+class Run:
+    """The state one training job carries between its stages."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    task: Any
+    test: list
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: TorchEngine
+    sampling: SamplingParams
+    dtype: torch.dtype | None
+    writer: MetricsWriter
+    summary: dict[str, Any]
+    timings: dict[str, float]
+
+    def held_out(self, label: str) -> None:
+        """Greedy accuracy on the fixed held-out set, recorded under `label`."""
+        t = time.perf_counter()
+        result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
+                          batch_size=self.cfg.task.eval_batch_size)
+        self.timings[f"eval_{label}"] = time.perf_counter() - t
+        self.summary[label] = result
+        self.writer.write({"phase": "eval", "stage": label, **result})
+        print(f"credo: held-out accuracy {label}: {result['accuracy']:.1%} "
+              f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Validate, seed, build the task and held-out set, create the run folder, load the model."""
     validate(cfg)
     started = time.perf_counter()
     if cfg.model.threads:
@@ -87,92 +117,106 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     run_dir = make_run_dir(cfg)
     (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
-    model, tokenizer = policy.model, policy.tokenizer
     dtype = PRECISIONS[cfg.model.precision]
-    engine = TorchEngine(model, tokenizer, autocast_dtype=dtype)
     sc = cfg.sampling
-    sampling = SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop))
-    writer = MetricsWriter(run_dir / "metrics.jsonl")
-    summary: dict[str, Any] = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
-                               "model": policy.source, "task": cfg.task.name, "eval_size": len(test)}
-    timings: dict[str, float] = {"load": time.perf_counter() - started}
+    summary = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
+               "model": policy.source, "task": cfg.task.name, "eval_size": len(test)}
+    return Run(cfg, run_dir, task, test, policy.model, policy.tokenizer,
+               TorchEngine(policy.model, policy.tokenizer, autocast_dtype=dtype),
+               SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop)),
+               dtype, MetricsWriter(run_dir / "metrics.jsonl"), summary,
+               {"load": time.perf_counter() - started})
 
-    def held_out(label: str) -> None:
-        t = time.perf_counter()
-        result = evaluate(engine, tokenizer, task, test, sampling, batch_size=cfg.task.eval_batch_size)
-        timings[f"eval_{label}"] = time.perf_counter() - t
-        summary[label] = result
-        writer.write({"phase": "eval", "stage": label, **result})
-        print(f"credo: held-out accuracy {label}: {result['accuracy']:.1%} "
-              f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
 
-    if cfg.run.eval_base:
-        held_out("base")
-
-    # -- supervised warm-up ---------------------------------------------------------------------
+def warmup_stage(run: Run) -> None:
+    """Supervised warm-up on demonstrations, then evaluation and a checkpoint."""
+    wc = run.cfg.warmup
+    if wc.steps <= 0:
+        return
     t = time.perf_counter()
-    if cfg.warmup.steps > 0:
-        demos = task.examples("train", cfg.warmup.steps * cfg.warmup.batch_size, seed=cfg.run.seed + 10_000)
-        bar = _progress(cfg.warmup.steps, "warm-up", cfg.run.progress)
+    demos = run.task.examples("train", wc.steps * wc.batch_size, seed=run.cfg.run.seed + 10_000)
+    bar = _progress(wc.steps, "warm-up", run.cfg.run.progress)
 
-        def on_warmup_step(record: dict) -> None:
-            writer.write(record)
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.3f}")
+    def on_step(record: dict) -> None:
+        run.writer.write(record)
+        bar.update(1)
+        bar.set_postfix(loss=f"{record['loss']:.3f}")
 
-        run_warmup(model, tokenizer, task, demos, steps=cfg.warmup.steps, batch_size=cfg.warmup.batch_size,
-                   lr=cfg.warmup.lr, seed=cfg.run.seed, autocast_dtype=dtype, on_step=on_warmup_step)
-        bar.close()
-        timings["warmup"] = time.perf_counter() - t
-        held_out("warmup")
-        save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "warmup", {"stage": "warmup"})
+    run_warmup(run.model, run.tokenizer, run.task, demos, steps=wc.steps, batch_size=wc.batch_size,
+               lr=wc.lr, seed=run.cfg.run.seed, autocast_dtype=run.dtype, on_step=on_step)
+    bar.close()
+    run.timings["warmup"] = time.perf_counter() - t
+    run.held_out("warmup")
+    save_checkpoint(run.model, run.tokenizer, run.run_dir / "checkpoints" / "warmup", {"stage": "warmup"})
 
-    # -- reinforcement learning -----------------------------------------------------------------
-    rl = cfg.rl
+
+def rl_context(run: Run) -> RLContext:
+    """Bind the objective, credit estimator and update settings from the config, once."""
+    rl = run.cfg.rl
     common = {"clip_low": rl.clip_low, "clip_high": rl.clip_high, "kl_coef": rl.kl_coef,
               "kl_estimator": KL_ESTIMATORS.get(rl.kl_estimator)}
     objective = bind_params(OBJECTIVES.get(rl.objective), common, rl.objective_params, "objective")
     credit = bind_params(CREDIT.get(rl.credit), {}, rl.credit_params, "credit estimator")
-    ref_model = None
-    if rl.kl_coef > 0:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
+    # the reference is the policy as RL starts (after warm-up), frozen
+    ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if rl.kl_coef > 0 else None
     settings = UpdateSettings(
         reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
         micro_batch_size=rl.micro_batch_size, max_grad_norm=rl.max_grad_norm,
-        temperature=sampling.temperature if sampling.temperature > 0 else 1.0,
-        norm_constant=float(sampling.max_new_tokens), skip_zero_advantage=rl.skip_zero_advantage,
-        autocast_dtype=dtype, recompute_old_logprobs=rl.recompute_old_logprobs,
+        temperature=run.sampling.temperature if run.sampling.temperature > 0 else 1.0,
+        norm_constant=float(run.sampling.max_new_tokens), skip_zero_advantage=rl.skip_zero_advantage,
+        autocast_dtype=run.dtype, recompute_old_logprobs=rl.recompute_old_logprobs,
     )
-    ctx = RLContext(model, ref_model, tokenizer, engine, optimizer, task, objective, credit,
-                    sampling, rl.group_size, settings, cfg.run.seed)
-    prompts = task.examples("train", max(1, rl.steps * rl.prompts_per_step), seed=cfg.run.seed)
+    optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
+    return RLContext(run.model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
+                     credit, run.sampling, rl.group_size, settings, run.cfg.run.seed)
+
+
+def rl_stage(run: Run) -> None:
+    """The RL loop over steps, then evaluation and the final checkpoint."""
+    rl = run.cfg.rl
+    ctx = rl_context(run)
+    prompts = run.task.examples("train", max(1, rl.steps * rl.prompts_per_step), seed=run.cfg.run.seed)
     t = time.perf_counter()
-    bar = _progress(rl.steps, "RL", cfg.run.progress)
+    bar = _progress(rl.steps, "RL", run.cfg.run.progress)
     for step in range(rl.steps):
         lr = lr_at(step, rl.steps, peak=rl.lr, warmup=rl.lr_warmup_steps, decay=rl.lr_decay,
                    min_ratio=rl.min_lr_ratio)
-        set_lr(optimizer, lr)
-        chunk = prompts[step * rl.prompts_per_step : (step + 1) * rl.prompts_per_step]
-        metrics = rl_step(ctx, step, chunk)
-        writer.write({"phase": "rl", "step": step, "lr": lr, **metrics})
+        set_lr(ctx.optimizer, lr)
+        metrics = rl_step(ctx, step, prompts[step * rl.prompts_per_step : (step + 1) * rl.prompts_per_step])
+        run.writer.write({"phase": "rl", "step": step, "lr": lr, **metrics})
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
                         s_step=f"{metrics['step_time']:.1f}")
-        if cfg.run.checkpoint_every and (step + 1) % cfg.run.checkpoint_every == 0:
-            save_checkpoint(model, tokenizer, run_dir / "checkpoints" / f"step_{step + 1}", {"rl_step": step + 1})
+        if run.cfg.run.checkpoint_every and (step + 1) % run.cfg.run.checkpoint_every == 0:
+            save_checkpoint(run.model, run.tokenizer, run.run_dir / "checkpoints" / f"step_{step + 1}",
+                            {"rl_step": step + 1})
     bar.close()
-    timings["rl"] = time.perf_counter() - t
-    held_out("rl")
-    save_checkpoint(model, tokenizer, run_dir / "checkpoints" / "final", {"rl_step": rl.steps})
-    writer.close()
+    run.timings["rl"] = time.perf_counter() - t
+    run.held_out("rl")
+    save_checkpoint(run.model, run.tokenizer, run.run_dir / "checkpoints" / "final", {"rl_step": rl.steps})
 
-    timings["total"] = time.perf_counter() - started
-    summary["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    evals = {k: summary[k]["accuracy"] for k in ("base", "warmup", "rl") if k in summary}
+
+def finish(run: Run, started: float) -> dict[str, Any]:
+    """Write summary.json and curves.png."""
+    run.writer.close()
+    run.timings["total"] = time.perf_counter() - started
+    summary = run.summary
+    summary["timings_s"] = {k: round(v, 2) for k, v in run.timings.items()}
     if "warmup" in summary:
         summary["rl_gain_over_warmup"] = summary["rl"]["accuracy"] - summary["warmup"]["accuracy"]
-    plot_curves(run_dir / "metrics.jsonl", run_dir / "curves.png", evals)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"credo: run folder {run_dir} ({timings['total']:.0f} s)", flush=True)
+    evals = {k: summary[k]["accuracy"] for k in ("base", "warmup", "rl") if k in summary}
+    plot_curves(run.run_dir / "metrics.jsonl", run.run_dir / "curves.png", evals)
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(f"credo: run folder {run.run_dir} ({run.timings['total']:.0f} s)", flush=True)
     return summary
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Run the configured job end to end; returns the summary (also written to summary.json)."""
+    started = time.perf_counter()
+    run = setup(cfg)
+    if cfg.run.eval_base:
+        run.held_out("base")
+    warmup_stage(run)
+    rl_stage(run)
+    return finish(run, started)
