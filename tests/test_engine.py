@@ -51,7 +51,7 @@ def test_logprobs_match_teacher_forced_forward(engine, tiny_policy, temperature)
     assert any(c.finish_reason == "stop" for c in completions)
     batch = build_batch(completions, [0.0] * len(completions), [0] * len(completions), pad_id=0)
     with torch.no_grad():
-        forced, _ = token_logprobs(
+        forced = token_logprobs(
             tiny_policy.model, batch.tokens, batch.attention_mask, batch.loss_mask, temperature=temperature
         )
     diff = (forced - batch.sampler_logprobs)[batch.loss_mask].abs().max().item()

@@ -6,7 +6,31 @@ Only positions that are scored go through the output head: prompt positions neve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+# What an objective may declare it needs beyond sampled-token logprobs (see objectives.base.needs).
+OUTPUT_NEEDS = ("entropy", "full_logprobs", "hidden_states")
+
+
+@dataclass
+class PolicyOutputs:
+    """The trainer's forward pass on one micro-batch, computed once and shared.
+
+    logprobs [B, T]: sampled-token logprobs (shift convention of batch.py), zero off the mask.
+    entropy [B, T]: entropy of softmax(logits / temperature) at each scored position; differentiable
+        only when an objective declared "entropy", otherwise detached (logged as a metric).
+    full_logprobs [N, V] | None: log-softmax over the vocabulary at the N scored positions, in
+        row-major order of score_mask (i.e. `score_mask.nonzero()` order); only when declared.
+    hidden_states tuple([B, T, C], ...) | None: the base model's per-layer hidden states (embeddings
+        first, as Hugging Face returns them); only when declared.
+    """
+
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    full_logprobs: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -17,6 +41,44 @@ def _final_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def policy_outputs(
+    model,
+    tokens: torch.Tensor,
+    attention_mask: torch.Tensor,
+    score_mask: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    needs: frozenset[str] = frozenset(),
+) -> PolicyOutputs:
+    """One forward pass giving what the objective needs (see PolicyOutputs).
+
+    tokens [B, T] long, attention_mask [B, T], score_mask [B, T] bool (False at position 0).
+    logprobs[b, t] = log softmax(logits[b, t - 1] / temperature)[tokens[b, t]].
+    """
+    unknown = set(needs) - set(OUTPUT_NEEDS)
+    if unknown:
+        raise ValueError(f"unknown policy output(s) {sorted(unknown)}; valid: {', '.join(OUTPUT_NEEDS)}")
+    want_hidden = "hidden_states" in needs
+    out = model.base_model(input_ids=tokens, attention_mask=attention_mask.long(),
+                           output_hidden_states=want_hidden)
+    where = score_mask[:, 1:]  # [B, T-1]: the hidden state at t-1 scores token t
+    logits = _final_logits(model, out.last_hidden_state[:, :-1][where]) / temperature  # [N, V]
+    logp_all = torch.log_softmax(logits, dim=-1)
+    picked = logp_all.gather(-1, tokens[:, 1:][where][:, None]).squeeze(-1)  # [N]
+    logprobs = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    logprobs[:, 1:][where] = picked
+    with torch.set_grad_enabled(torch.is_grad_enabled() and "entropy" in needs):
+        ent = -(logp_all.exp() * logp_all).sum(-1)
+    entropy = torch.zeros_like(logprobs, dtype=ent.dtype)
+    entropy[:, 1:][where] = ent
+    return PolicyOutputs(
+        logprobs=logprobs,
+        entropy=entropy,
+        full_logprobs=logp_all if "full_logprobs" in needs else None,
+        hidden_states=tuple(out.hidden_states) if want_hidden else None,
+    )
+
+
 def token_logprobs(
     model,
     tokens: torch.Tensor,
@@ -24,26 +86,6 @@ def token_logprobs(
     score_mask: torch.Tensor,
     *,
     temperature: float = 1.0,
-    with_entropy: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Logprobs of `tokens` where `score_mask` is True.
-
-    tokens [B, T] long, attention_mask [B, T], score_mask [B, T] bool (False at position 0)
-    -> (logprobs [B, T] float32, zero off the mask; entropy [B, T] float32 or None).
-    logprobs[b, t] = log softmax(logits[b, t - 1] / temperature)[tokens[b, t]].
-    Gradients flow into the model unless called under `torch.no_grad()`.
-    """
-    hidden = model.base_model(input_ids=tokens, attention_mask=attention_mask.long()).last_hidden_state
-    where = score_mask[:, 1:]  # [B, T-1]: the hidden state at t-1 scores token t
-    logits = _final_logits(model, hidden[:, :-1][where]) / temperature  # [N, V]
-    logp_all = torch.log_softmax(logits, dim=-1)
-    picked = logp_all.gather(-1, tokens[:, 1:][where][:, None]).squeeze(-1)  # [N]
-    logprobs = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
-    logprobs[:, 1:][where] = picked
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            ent = -(logp_all.exp() * logp_all).sum(-1)
-        entropy = torch.zeros_like(logprobs)
-        entropy[:, 1:][where] = ent
-    return logprobs, entropy
+) -> torch.Tensor:
+    """Just the sampled-token logprobs [B, T] (see `policy_outputs`)."""
+    return policy_outputs(model, tokens, attention_mask, score_mask, temperature=temperature).logprobs

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
+from credo.logprobs import OUTPUT_NEEDS, PolicyOutputs
 from credo.registry import Registry
+
+__all__ = ["LossTerms", "OBJECTIVES", "PolicyOutputs", "masked_mean", "needs", "needs_of", "wants_outputs"]
 
 
 @dataclass
@@ -24,3 +30,36 @@ OBJECTIVES: Registry = Registry("objective")
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(x.dtype)
     return (x * m).sum() / m.sum().clamp(min=1.0)
+
+
+def needs(*what: str) -> Callable:
+    """Declare the extra policy outputs an objective reads from its `outputs` keyword.
+
+        @OBJECTIVES.register("my_method")
+        @needs("entropy")
+        def my_loss(logprobs, batch, *, outputs: PolicyOutputs, coef: float = 0.1) -> LossTerms: ...
+
+    Valid: "entropy" (differentiable), "full_logprobs" ([N, V]), "hidden_states". The trainer computes
+    them only for objectives that declare them, so the others do not pay for it.
+    """
+    unknown = set(what) - set(OUTPUT_NEEDS)
+    if unknown:
+        raise ValueError(f"unknown need(s) {sorted(unknown)}; valid: {', '.join(OUTPUT_NEEDS)}")
+
+    def mark(fn: Callable) -> Callable:
+        fn.needs = frozenset(what)
+        return fn
+
+    return mark
+
+
+def needs_of(fn: Callable) -> frozenset[str]:
+    """The declared needs of an objective, also through functools.partial."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "needs", frozenset())
+
+
+def wants_outputs(fn: Callable) -> bool:
+    """True when the objective takes the `outputs: PolicyOutputs` keyword."""
+    return "outputs" in inspect.signature(fn).parameters

@@ -18,7 +18,8 @@ import torch
 
 from credo.batch import RolloutBatch, broadcast_advantages, build_batch
 from credo.errors import CredoError
-from credo.logprobs import token_logprobs
+from credo.logprobs import policy_outputs, token_logprobs
+from credo.objectives.base import needs_of, wants_outputs
 from credo.objectives.reduce import reduce_loss
 from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
@@ -81,8 +82,8 @@ def recompute_old_logprobs(
     for micro in rows.split(settings.micro_batch_size):
         part = batch.select(micro)
         with autocast_context(settings.autocast_dtype, device):
-            logprobs, _ = token_logprobs(model, part.tokens, part.attention_mask, part.loss_mask,
-                                         temperature=settings.temperature)
+            logprobs = token_logprobs(model, part.tokens, part.attention_mask, part.loss_mask,
+                                      temperature=settings.temperature)
         old[micro, : part.tokens.shape[1]] = logprobs
     return old
 
@@ -106,6 +107,7 @@ def ppo_update(
         return {"updates": 0, "skipped_updates": 0, "trained_sequences": 0, "grad_norm": nan,
                 **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
+    declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     model.train()
     if settings.recompute_old_logprobs:
         batch = replace(batch, old_logprobs=recompute_old_logprobs(model, batch, rows, settings))
@@ -118,11 +120,13 @@ def ppo_update(
             for micro in torch.arange(len(sub)).split(settings.micro_batch_size):
                 part = sub.select(micro)
                 with autocast_context(settings.autocast_dtype, device):
-                    logprobs, entropy = token_logprobs(
-                        model, part.tokens, part.attention_mask, part.loss_mask,
-                        temperature=settings.temperature, with_entropy=True,
-                    )
-                terms = objective(logprobs, part)
+                    outputs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
+                                             temperature=settings.temperature, needs=declared)
+                entropy = outputs.entropy.detach()
+                if pass_outputs:
+                    terms = objective(outputs.logprobs, part, outputs=outputs)
+                else:
+                    terms = objective(outputs.logprobs, part)
                 loss = reduce_loss(
                     terms.per_token, part.loss_mask, settings.reduction,
                     num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=settings.norm_constant,
@@ -195,7 +199,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
     batch.advantages = broadcast_advantages(seq_adv, batch.loss_mask)
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
-            batch.ref_logprobs, _ = token_logprobs(
+            batch.ref_logprobs = token_logprobs(
                 ctx.ref_model, batch.tokens, batch.attention_mask, batch.loss_mask,
                 temperature=ctx.settings.temperature,
             )

@@ -65,7 +65,7 @@ def run_warmup(
         chunk = [order[(step * batch_size + k) % len(order)] for k in range(batch_size)]
         tokens, attention, loss_mask = demonstration_batch(tokenizer, task, chunk)
         with autocast_context(autocast_dtype, device):
-            logprobs, _ = token_logprobs(model, tokens, attention, loss_mask)
+            logprobs = token_logprobs(model, tokens, attention, loss_mask)
         loss = -(logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,81 @@
+"""Extra policy outputs are computed only for objectives that declare them, and are correct."""
+
+import numpy as np
+import pytest
+import torch
+
+from credo.batch import broadcast_advantages, build_batch
+from credo.logprobs import policy_outputs
+from credo.objectives.base import LossTerms, needs, needs_of, wants_outputs
+from credo.objectives.grpo import grpo_loss
+from credo.rollout import SamplingParams, TorchEngine
+from credo.train.rl import UpdateSettings, bind_params, ppo_update
+
+TOKENS = torch.tensor([[1, 50, 60, 70, 0], [1, 80, 90, 0, 0]])
+ATTN = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+MASK = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 0, 0]], dtype=torch.bool)
+
+
+def test_full_logprobs_entropy_and_hidden_states(tiny_policy):
+    model = tiny_policy.model
+    out = policy_outputs(model, TOKENS, ATTN, MASK, temperature=0.8,
+                         needs=frozenset({"entropy", "full_logprobs", "hidden_states"}))
+    # independent reference: the model's own forward, logits at t-1 score token t
+    with torch.no_grad():
+        logits = model(input_ids=TOKENS, attention_mask=ATTN.long()).logits.double().numpy() / 0.8
+    for n, (b, t) in enumerate(MASK.nonzero().tolist()):
+        row = logits[b, t - 1]
+        logp = row - row.max() - np.log(np.exp(row - row.max()).sum())
+        assert out.logprobs[b, t].item() == pytest.approx(logp[TOKENS[b, t]], abs=1e-4)
+        assert out.full_logprobs[n].detach().double().numpy() == pytest.approx(logp, abs=1e-4)
+        assert out.entropy[b, t].item() == pytest.approx(-(np.exp(logp) * logp).sum(), abs=1e-4)
+    assert torch.all(out.logprobs[~MASK] == 0) and torch.all(out.entropy[~MASK] == 0)
+    assert out.entropy.requires_grad and out.full_logprobs.requires_grad
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert out.hidden_states[-1].shape == (2, 5, model.config.hidden_size)
+
+
+def test_undeclared_outputs_are_not_computed(tiny_policy):
+    out = policy_outputs(tiny_policy.model, TOKENS, ATTN, MASK)
+    assert out.full_logprobs is None and out.hidden_states is None
+    assert not out.entropy.requires_grad  # only a detached metric
+    with pytest.raises(ValueError, match="unknown policy output"):
+        policy_outputs(tiny_policy.model, TOKENS, ATTN, MASK, needs=frozenset({"values"}))
+
+
+def test_needs_declaration_survives_binding():
+    @needs("entropy")
+    def entropy_bonus(logprobs, batch, *, outputs, coef: float = 0.1):
+        return LossTerms(per_token=-coef * outputs.entropy)
+
+    bound = bind_params(entropy_bonus, {"clip_high": 0.3}, {"coef": 0.5}, "objective")
+    assert needs_of(bound) == frozenset({"entropy"}) and wants_outputs(bound)
+    assert needs_of(bind_params(grpo_loss, {}, {}, "objective")) == frozenset()
+    assert not wants_outputs(grpo_loss)
+    with pytest.raises(ValueError, match="unknown need"):
+        needs("logits")
+
+
+def test_trainer_passes_declared_outputs_with_gradient(tiny_policy):
+    seen = {}
+
+    @needs("entropy", "full_logprobs")
+    def spy(logprobs, batch, *, outputs):
+        seen["full"] = outputs.full_logprobs.shape
+        seen["grad"] = outputs.entropy.requires_grad
+        return LossTerms(per_token=-outputs.entropy)  # maximise entropy: a differentiable need
+
+    engine = TorchEngine(tiny_policy.model, tiny_policy.tokenizer)
+    groups = engine.generate([[1, 50, 60]], 2, SamplingParams(max_new_tokens=3), seed=0)
+    batch = build_batch([c for g in groups for c in g], [1.0, 0.0], [0, 0], pad_id=0)
+    batch.advantages = broadcast_advantages(torch.tensor([1.0, -1.0]), batch.loss_mask)
+    settings = UpdateSettings("token_mean", 1, 1, 8, 1.0, 1.0, 3.0, False, None)
+    before = [p.detach().clone() for p in tiny_policy.model.parameters()]
+    optimizer = torch.optim.SGD(tiny_policy.model.parameters(), lr=1e-2)
+    out = ppo_update(tiny_policy.model, optimizer, batch, spy, settings, torch.Generator().manual_seed(0))
+    assert out["updates"] == 1
+    assert seen["full"] == (int(batch.loss_mask.sum()), len(tiny_policy.tokenizer)) and seen["grad"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_policy.model.parameters()))
+    with torch.no_grad():
+        for p, b in zip(tiny_policy.model.parameters(), before):
+            p.copy_(b)
