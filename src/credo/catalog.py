@@ -14,21 +14,30 @@ class Entry:
     needs: str
 
 
-OBJECTIVE_ENTRIES = [
-    Entry("grpo", "PPO clipped surrogate on group-normalised advantages, optional k3 KL to a reference",
-          "DeepSeekMath (arXiv 2402.03300)", "confirmed", "groups; reference model if kl_coef > 0"),
-]
-CREDIT_ENTRIES = [
-    Entry("grpo", "group mean / std normalised outcome reward (scale_by_std=False: Dr.GRPO)",
-          "DeepSeekMath (arXiv 2402.03300)", "confirmed", "groups"),
-]
+# Each method module holds a `CATALOG` list of `Entry` rows next to its code; `entries()` collects
+# them from every module of a package, and a test checks that registry and catalog name the same set.
 
 
-def _table(entries: list[Entry]) -> str:
-    head = f"{'name':<12} {'status':<14} {'needs':<40} summary / paper"
+def entries(package) -> list[Entry]:
+    """All `CATALOG` rows of the modules of `package` (e.g. credo.objectives), sorted by name."""
+    import importlib
+    import pkgutil
+
+    rows: list[Entry] = []
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{package.__name__}.{info.name}")
+        rows.extend(getattr(module, "CATALOG", []))
+    return sorted(rows, key=lambda e: e.name)
+
+
+def table(rows: list[Entry]) -> str:
+    """A plain-text table (also pasted into docs/catalog.md)."""
+    width = max([len(e.name) for e in rows] + [4])
+    needs = max([len(e.needs) for e in rows] + [5])
+    head = f"{'name':<{width}}  {'status':<13}  {'needs':<{needs}}  summary [paper]"
     lines = [head, "-" * len(head)]
-    for e in entries:
-        lines.append(f"{e.name:<12} {e.status:<14} {e.needs:<40} {e.summary} [{e.paper}]")
+    for e in rows:
+        lines.append(f"{e.name:<{width}}  {e.status:<13}  {e.needs:<{needs}}  {e.summary} [{e.paper}]")
     return "\n".join(lines)
 
 
@@ -40,7 +49,10 @@ def print_catalog(what: str = "all") -> None:
         print("presets: " + ", ".join(PRESETS.names()))
     if what in ("all", "tasks"):
         print("tasks: " + ", ".join(TASKS.names()))
+    import credo.credit
+    import credo.objectives
+
     if what in ("all", "objectives"):
-        print("\nobjectives:\n" + _table(OBJECTIVE_ENTRIES))
+        print("\nobjectives:\n" + table(entries(credo.objectives)))
     if what in ("all", "credit"):
-        print("\ncredit estimators:\n" + _table(CREDIT_ENTRIES))
+        print("\ncredit estimators:\n" + table(entries(credo.credit)))

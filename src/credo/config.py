@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,10 +88,12 @@ class RLConfig:
     """"cosine", "linear" or "constant" decay after the warm-up."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of the peak."""
-    clip_low: float = 0.2
-    """PPO clip range below 1 (ratio floor 1 - clip_low)."""
-    clip_high: float = 0.2
-    """PPO clip range above 1 (ratio cap 1 + clip_high); DAPO's clip-higher uses 0.28."""
+    clip_low: float | None = None
+    """Clip range below 1 (ratio floor 1 - clip_low); unset = the objective's paper default
+    (0.2 for GRPO / PPO, 3e-4 for GSPO, none for CISPO)."""
+    clip_high: float | None = None
+    """Clip range above 1 (ratio cap 1 + clip_high); unset = the objective's paper default
+    (0.2 for GRPO, 0.28 for DAPO's clip-higher, 4e-4 for GSPO)."""
     kl_coef: float = 0.0
     """Weight of the KL penalty to a frozen reference model; 0 loads no reference model."""
     kl_estimator: str = "k3"
@@ -153,6 +156,12 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
 def _coerce(value: Any, kind: Any, where: str) -> Any:
     """Convert a parsed value (or a command-line string) to the field's declared type."""
     origin = typing.get_origin(kind)
+    args = typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:  # "X | None"
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        (kind,) = [a for a in args if a is not type(None)]
+        origin = typing.get_origin(kind)
     try:
         if kind is bool:
             if isinstance(value, bool):

@@ -20,6 +20,7 @@ from credo.objectives.base import OBJECTIVES, LossTerms
 from credo.objectives.common import add_kl_penalty
 from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
+from credo.catalog import Entry
 
 
 @OBJECTIVES.register("dr_grpo")
@@ -80,3 +81,13 @@ def lite_ppo_loss(
         clip_low=clip_low, clip_high=clip_high,
     )
     return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="lite_ppo_loss")
+
+
+# The catalog rows of this module's methods (`credo list`).
+CATALOG = [
+    Entry("dr_grpo", "PPO clip summed over tokens / a constant; pair with credit dr_grpo; "
+          "reduction seq_mean_token_sum_norm",
+          "Understanding R1-Zero-Like Training (arXiv 2503.20783)", "confirmed", "groups"),
+    Entry("lite_ppo", "plain PPO clip; pair with credit lite_ppo; reduction token_mean",
+          "Tricks or Traps? A Deep Dive into RL for LLM Reasoning (arXiv 2508.08221)", "confirmed", "groups"),
+]

@@ -25,6 +25,7 @@ from credo.objectives.base import OBJECTIVES, LossTerms, masked_mean
 from credo.objectives.common import add_kl_penalty, ratio_metrics, token_log_ratio
 from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
+from credo.catalog import Entry
 
 SEQ_LOG_RATIO_MAX = 10.0  # as verl's GSPO: exp(10) ~ 2.2e4 is already far outside any clip range
 SAPO_DIAGNOSTIC_BAND = 0.2  # SAPO has no clip; clip_fraction reports |r - 1| > 0.2 to compare with PPO
@@ -194,3 +195,18 @@ def sapo_loss(
         metrics["soft_gate_mean"] = masked_mean(4.0 * s.detach() * (1.0 - s.detach()), mask)
     terms = LossTerms(per_token=per_token, metrics=metrics)
     return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="sapo_loss")
+
+
+# The catalog rows of this module's methods (`credo list`).
+CATALOG = [
+    Entry("gspo", "PPO clip on the length-normalised sequence ratio (clip 3e-4 / 4e-4); reduction seq_mean_token_mean",
+          "Group Sequence Policy Optimization (arXiv 2507.18071)", "confirmed", "groups"),
+    Entry("gspo_token", "GSPO with per-token gradients: sequence-ratio value, token-level advantages "
+          "(clip 3e-4 / 4e-4); reduction seq_mean_token_mean",
+          "Group Sequence Policy Optimization (arXiv 2507.18071)", "confirmed", "groups"),
+    Entry("cispo", "REINFORCE weighted by a clipped stop-gradient IS weight (no lower bound; clip_high 0.2); reduction token_mean",
+          "MiniMax-M1 (arXiv 2506.13585)", "confirmed", "groups"),
+    Entry("sapo", "sigmoid soft gate on the token ratio instead of a clip (tau 1.0 / 1.05 for A>0 / A<=0); "
+          "reduction seq_mean_token_mean",
+          "Soft Adaptive Policy Optimization (arXiv 2511.20347)", "confirmed", "groups"),
+]

@@ -45,7 +45,8 @@ def reduce_loss(
     norm_constant: C for seq_mean_token_sum_norm (default: this batch's T).
     """
     m = mask.to(per_token.dtype)
-    masked = per_token * m
+    # where(), not a product: an inf or NaN at a masked position must not leak in as inf * 0 = NaN
+    masked = torch.where(mask.bool(), per_token, torch.zeros_like(per_token))
     tokens_per_row = m.sum(-1)
     nonempty = (tokens_per_row > 0).to(per_token.dtype)
     rows = nonempty.sum() if num_seqs is None else per_token.new_tensor(float(num_seqs))

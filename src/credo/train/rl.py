@@ -37,7 +37,8 @@ def bind_params(fn: Callable, common: dict[str, Any], extra: dict[str, Any], wha
             f"{what} {getattr(fn, '__name__', fn)} has no parameter(s) {', '.join(unknown)}; "
             f"it accepts: {', '.join(sorted(accepted)) or 'none'}"
         )
-    bound = {k: v for k, v in common.items() if k in accepted}
+    # an unset (None) common field leaves the function's own (paper) default in place
+    bound = {k: v for k, v in common.items() if k in accepted and v is not None}
     bound.update(extra)
     return functools.partial(fn, **bound)
 
@@ -99,6 +100,7 @@ def ppo_update(
     """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics."""
     rows = trainable_rows(batch, settings.skip_zero_advantage)
     sums: dict[str, float] = {}
+    extremes: dict[str, float] = {}  # metrics named *_min / *_max: true extremes, not averages
     weight = 0.0
     updates = skipped = 0
     grad_norms = []
@@ -138,7 +140,12 @@ def ppo_update(
                 extra = {"loss": loss.item() * num_tokens / max(w, 1.0),
                          "entropy": float((entropy * m).sum() / m.sum().clamp(min=1))}
                 for key, value in {**{k: float(v) for k, v in terms.metrics.items()}, **extra}.items():
-                    sums[key] = sums.get(key, 0.0) + value * w
+                    if key.endswith("_min"):
+                        extremes[key] = min(extremes.get(key, math.inf), value)
+                    elif key.endswith("_max"):
+                        extremes[key] = max(extremes.get(key, -math.inf), value)
+                    else:  # token-weighted mean over the micro-batches
+                        sums[key] = sums.get(key, 0.0) + value * w
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()
@@ -148,6 +155,7 @@ def ppo_update(
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
     out = {k: v / max(weight, 1.0) for k, v in sums.items()}
+    out.update(extremes)
     out.update(updates=updates, skipped_updates=skipped,
                grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
                trained_sequences=len(rows))
