@@ -56,8 +56,19 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: Seque
 def cmd_train(args, rest) -> int:
     from credo.train.run import train
 
-    cfg = resolve_config(args.preset, args.config, _overrides(rest))
-    summary = train(cfg)
+    from pathlib import Path
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise CredoError(f"--resume {run_dir}: not a run folder (no config.json)")
+        if args.preset or args.config:
+            raise CredoError("--resume takes the run folder's own config.json; drop --preset / --config")
+        cfg = resolve_config(None, str(run_dir / "config.json"), _overrides(rest))
+        cfg.run.out_dir, cfg.run.name = str(run_dir.parent), run_dir.name
+    else:
+        cfg = resolve_config(args.preset, args.config, _overrides(rest))
+    summary = train(cfg, resume=bool(args.resume))
     keys = [k for k in ("base", "warmup", "rl") if k in summary]
     print("held-out accuracy: " + ", ".join(f"{k} {summary[k]['accuracy']:.1%}" for k in keys))
     return 0
@@ -124,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Extra --section.field VALUE arguments override the config.")
     p.add_argument("--preset", help="named preset (credo list presets)")
     p.add_argument("--config", help="TOML or JSON config file (e.g. a run's config.json)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its newest complete checkpoint")
     p.set_defaults(func=cmd_train)
     for name, func, help_text in (("eval", cmd_eval, "held-out accuracy of a model on a task"),
                                   ("generate", cmd_generate, "sample completions from a model")):

@@ -113,6 +113,9 @@ class RLConfig:
     that all succeeded or all failed). With kl_coef = 0 they carry no gradient, so this only saves
     their forward/backward; the token count of the reduction then covers the kept tokens, as with
     DAPO's dynamic sampling."""
+    max_nonfinite_steps: int = 5
+    """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
+    skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""
     recompute_old_logprobs: bool = True
     """Recompute the behaviour logprobs with the trainer's forward pass before updating (costs one
     forward; removes the sampler/trainer numeric mismatch from the importance ratio)."""
@@ -133,7 +136,7 @@ class RunConfig:
     eval_base: bool = True
     """Score the model before warm-up too."""
     checkpoint_every: int = 0
-    """Save a checkpoint every N RL steps (0 = only after warm-up and at the end)."""
+    """Save a resumable checkpoint every N RL steps (0 = only after warm-up and at the end)."""
     progress: bool = True
     """Show a progress bar."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,35 @@ class MetricsWriter:
         self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
         self._file.flush()
 
+    def reopen(self) -> None:
+        """Follow the path again after the file was replaced (resume rewrites it atomically)."""
+        self._file.close()
+        self._file = open(self.path, "a", encoding="utf-8")
+
     def close(self) -> None:
         self._file.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """All complete lines of a metrics file. A torn last line (the process was killed while writing
+    it) is dropped; a broken line anywhere else is corruption and raises."""
+    lines = [line for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise
+    return rows
+
+
+def rewrite_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace the metrics file atomically with `rows` (used when resuming from a checkpoint)."""
+    tmp = Path(path).with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
 
 
 def plot_curves(metrics_path: Path, out_path: Path, evals: dict[str, float] | None = None) -> None:

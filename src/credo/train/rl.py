@@ -18,6 +18,7 @@ import torch
 
 from credo.batch import RolloutBatch, broadcast_advantages, build_batch
 from credo.errors import CredoError
+from credo.faults import maybe_die
 from credo.logprobs import policy_outputs, token_logprobs
 from credo.objectives.base import needs_of, wants_outputs
 from credo.objectives.reduce import reduce_loss
@@ -146,6 +147,7 @@ def ppo_update(
                         extremes[key] = max(extremes.get(key, -math.inf), value)
                     else:  # token-weighted mean over the micro-batches
                         sums[key] = sums.get(key, 0.0) + value * w
+            maybe_die("update")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()
@@ -200,6 +202,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
     prompts = encode_prompts(ctx.tokenizer, ctx.task, examples)
     groups = ctx.engine.generate(prompts, ctx.group_size, ctx.sampling, seed=ctx.seed * 1_000_003 + step)
     t_gen = time.perf_counter()
+    maybe_die("rollout")
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     batch = build_batch(completions, rewards.tolist(), group_ids, pad_id=pad_token_id(ctx.tokenizer))

@@ -31,9 +31,9 @@ from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
 from credo.rollout import SamplingParams, TorchEngine
 from credo.tasks import make_task
-from credo.train.checkpoint import save_checkpoint
+from credo.train.checkpoint import Checkpoint, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
-from credo.train.logging import MetricsWriter, plot_curves
+from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrite_metrics
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
 from credo.train.sft import run_warmup
@@ -47,13 +47,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_run_dir(cfg: TrainConfig) -> Path:
+def make_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     name = cfg.run.name or f"{cfg.preset}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     folder = Path(cfg.run.out_dir) / name
     if (folder / "summary.json").exists():
         raise CredoError(f"run folder {folder} already holds a finished run; pick another run.name")
+    if not resume and (folder / "metrics.jsonl").exists():
+        raise CredoError(f"run folder {folder} holds an unfinished run: continue it with "
+                         f"`credo train --resume {folder}` or pick another run.name")
     folder.mkdir(parents=True, exist_ok=True)
     return folder
+
+
+def restore(run: "Run") -> Checkpoint | None:
+    """Continue from the newest complete checkpoint of the run folder (None: start over).
+
+    Weights, optimizer, reference model and RNGs come from the checkpoint; metrics.jsonl is cut back
+    to what had happened at that checkpoint, and earlier evaluations are read back into the summary.
+    """
+    checkpoint, skipped = newest_complete(run.run_dir / "checkpoints")
+    for reason in skipped:
+        print(f"credo: passing over {reason}", flush=True)
+    metrics_path = run.run_dir / "metrics.jsonl"
+    if checkpoint is None:
+        rewrite_metrics(metrics_path, [])  # nothing to continue from: the run starts over
+        run.writer.reopen()
+        return None
+    print(f"credo: resuming from {checkpoint.folder}", flush=True)
+    if checkpoint.state.get("stage") == "warmup":  # RL checkpoints are loaded with the optimizer
+        load_into(checkpoint, model=run.model)
+    done = checkpoint.state.get("rl_step", 0)
+    kept = [r for r in read_metrics(metrics_path)
+            if r["phase"] in ("warmup", "eval") and r.get("stage") != "rl"
+            or (r["phase"] == "rl" and r["step"] < done)]
+    rewrite_metrics(metrics_path, kept)
+    run.writer.reopen()
+    for r in kept:
+        if r["phase"] == "eval":
+            run.summary[r["stage"]] = {k: v for k, v in r.items() if k not in ("phase", "stage")}
+    run.summary["resumed_from"] = checkpoint.folder.name
+    return checkpoint
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -92,6 +125,7 @@ class Run:
     writer: MetricsWriter
     summary: dict[str, Any]
     timings: dict[str, float]
+    resumed: Checkpoint | None = None
 
     def held_out(self, label: str) -> None:
         """Greedy accuracy on the fixed held-out set, recorded under `label`."""
@@ -105,7 +139,7 @@ class Run:
               f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
 
 
-def setup(cfg: TrainConfig) -> Run:
+def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     """Validate, seed, build the task and held-out set, create the run folder, load the model."""
     validate(cfg)
     started = time.perf_counter()
@@ -114,8 +148,9 @@ def setup(cfg: TrainConfig) -> Run:
     seed_everything(cfg.run.seed)
     task = make_task(cfg.task.name, **cfg.task.params)
     test = task.examples("test", cfg.task.eval_size, seed=0)  # fixed across seeds: comparable runs
-    run_dir = make_run_dir(cfg)
-    (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    run_dir = make_run_dir(cfg, resume)
+    if not resume:
+        (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
     dtype = PRECISIONS[cfg.model.precision]
     sc = cfg.sampling
@@ -147,7 +182,8 @@ def warmup_stage(run: Run) -> None:
     bar.close()
     run.timings["warmup"] = time.perf_counter() - t
     run.held_out("warmup")
-    save_checkpoint(run.model, run.tokenizer, run.run_dir / "checkpoints" / "warmup", {"stage": "warmup"})
+    save_checkpoint(run.run_dir / "checkpoints" / "warmup", model=run.model, tokenizer=run.tokenizer,
+                    state={"stage": "warmup", "rl_step": 0})
 
 
 def rl_context(run: Run) -> RLContext:
@@ -167,8 +203,16 @@ def rl_context(run: Run) -> RLContext:
         autocast_dtype=run.dtype, recompute_old_logprobs=rl.recompute_old_logprobs,
     )
     optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
+    if run.resumed is not None and run.resumed.state.get("stage") == "rl":
+        load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model)
     return RLContext(run.model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed)
+
+
+def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
+    save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
+                    optimizer=ctx.optimizer, ref_model=ctx.ref_model,
+                    state={"stage": "rl", "rl_step": steps_done})
 
 
 def rl_stage(run: Run) -> None:
@@ -176,9 +220,12 @@ def rl_stage(run: Run) -> None:
     rl = run.cfg.rl
     ctx = rl_context(run)
     prompts = run.task.examples("train", max(1, rl.steps * rl.prompts_per_step), seed=run.cfg.run.seed)
+    first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
     t = time.perf_counter()
     bar = _progress(rl.steps, "RL", run.cfg.run.progress)
-    for step in range(rl.steps):
+    bar.update(first)
+    bad_steps = 0  # consecutive steps whose every optimizer step had a non-finite gradient
+    for step in range(first, rl.steps):
         lr = lr_at(step, rl.steps, peak=rl.lr, warmup=rl.lr_warmup_steps, decay=rl.lr_decay,
                    min_ratio=rl.min_lr_ratio)
         set_lr(ctx.optimizer, lr)
@@ -187,13 +234,19 @@ def rl_stage(run: Run) -> None:
         bar.update(1)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
                         s_step=f"{metrics['step_time']:.1f}")
+        bad_steps = bad_steps + 1 if metrics["skipped_updates"] and not metrics["updates"] else 0
+        if bad_steps >= rl.max_nonfinite_steps:
+            raise CredoError(
+                f"stopping: {bad_steps} RL steps in a row had only non-finite losses or gradients "
+                f"(last at step {step}); metrics are in {run.run_dir / 'metrics.jsonl'}, the last "
+                f"good checkpoint in {run.run_dir / 'checkpoints'}; lower rl.lr or check the rewards"
+            )
         if run.cfg.run.checkpoint_every and (step + 1) % run.cfg.run.checkpoint_every == 0:
-            save_checkpoint(run.model, run.tokenizer, run.run_dir / "checkpoints" / f"step_{step + 1}",
-                            {"rl_step": step + 1})
+            save_rl_checkpoint(run, ctx, f"step_{step + 1}", step + 1)
     bar.close()
     run.timings["rl"] = time.perf_counter() - t
     run.held_out("rl")
-    save_checkpoint(run.model, run.tokenizer, run.run_dir / "checkpoints" / "final", {"rl_step": rl.steps})
+    save_rl_checkpoint(run, ctx, "final", rl.steps)
 
 
 def finish(run: Run, started: float) -> dict[str, Any]:
@@ -211,12 +264,17 @@ def finish(run: Run, started: float) -> dict[str, Any]:
     return summary
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
-    """Run the configured job end to end; returns the summary (also written to summary.json)."""
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the configured job end to end; returns the summary (also written to summary.json).
+
+    resume=True continues the run folder's newest complete checkpoint (see `restore`)."""
     started = time.perf_counter()
-    run = setup(cfg)
-    if cfg.run.eval_base:
-        run.held_out("base")
-    warmup_stage(run)
+    run = setup(cfg, resume)
+    if resume:
+        run.resumed = restore(run)
+    if run.resumed is None:
+        if cfg.run.eval_base:
+            run.held_out("base")
+        warmup_stage(run)
     rl_stage(run)
     return finish(run, started)
