@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Sequence
 
 from credo.rollout.base import RolloutEngine, SamplingParams
@@ -23,15 +24,27 @@ def pad_token_id(tokenizer) -> int:
 
 
 def safe_score(task: Task, text: str, example: Example, error_reward: float = 0.0) -> tuple[Score, bool]:
-    """The verifier's score, or (error_reward, wrong) if it raises: model output never stops a run.
+    """The verifier's score, or (error_reward, wrong) if it fails: model output never stops a run.
 
-    Returns (score, raised).
+    A verifier fails when it raises, or returns a reward that is not a finite real number (a bool,
+    a string, None, NaN or inf would otherwise poison the whole group's advantages).
+    Returns (score, failed); failures are counted in the `verifier_errors` metric.
     """
     try:
         score = task.score(text, example)
-        return Score(float(score.reward), bool(score.correct), bool(score.formatted)), False
+        reward = score.reward
+        if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
+            return Score(error_reward, False, False), True
+        return Score(float(reward), bool(score.correct), bool(score.formatted)), False
     except Exception:  # noqa: BLE001 - a verifier bug must not kill a long run; it is counted
         return Score(error_reward, False, False), True
+
+
+def too_long(prompts: Sequence[Sequence[int]], max_prompt_tokens: int | None) -> list[int]:
+    """Indices of prompts that leave no room for the completion in the model's context."""
+    if max_prompt_tokens is None:
+        return []
+    return [i for i, p in enumerate(prompts) if len(p) > max_prompt_tokens]
 
 
 def evaluate(
@@ -43,13 +56,22 @@ def evaluate(
     *,
     batch_size: int = 100,
     seed: int = 0,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, float]:
-    """Greedy accuracy, format rate and mean length on `examples`."""
+    """Greedy accuracy, format rate and mean length on `examples`.
+
+    Prompts longer than `max_prompt_tokens` are not generated for; they count as wrong and in
+    `skipped_prompts`, so accuracy keeps the full set as its denominator.
+    """
     greedy = dataclasses.replace(sampling, temperature=0.0)
-    correct = formatted = tokens = 0
+    correct = formatted = tokens = skipped = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
-        groups = engine.generate(encode_prompts(tokenizer, task, chunk), 1, greedy, seed)
+        prompts = encode_prompts(tokenizer, task, chunk)
+        drop = set(too_long(prompts, max_prompt_tokens))
+        skipped += len(drop)
+        chunk = [ex for i, ex in enumerate(chunk) if i not in drop]
+        groups = engine.generate([p for i, p in enumerate(prompts) if i not in drop], 1, greedy, seed)
         for ex, (completion,) in zip(chunk, groups):
             score, _ = safe_score(task, completion.text, ex)
             correct += score.correct
@@ -59,6 +81,7 @@ def evaluate(
     return {
         "accuracy": correct / n,
         "format_rate": formatted / n,
-        "response_length": tokens / n,
+        "response_length": tokens / max(1, len(examples) - skipped),
         "n": len(examples),
+        "skipped_prompts": skipped,
     }

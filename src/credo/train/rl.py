@@ -25,7 +25,7 @@ from credo.objectives.reduce import reduce_loss
 from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example, Task
-from credo.train.evaluate import encode_prompts, pad_token_id, safe_score
+from credo.train.evaluate import encode_prompts, pad_token_id, safe_score, too_long
 
 
 def bind_params(fn: Callable, common: dict[str, Any], extra: dict[str, Any], what: str) -> Callable:
@@ -181,6 +181,7 @@ class RLContext:
     settings: UpdateSettings
     seed: int
     error_reward: float = 0.0
+    max_prompt_tokens: int | None = None  # context length minus the completion budget
 
 
 def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
@@ -200,6 +201,12 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
     """One rollout batch: sample, score, credit, update. Returns the step's metrics."""
     t0 = time.perf_counter()
     prompts = encode_prompts(ctx.tokenizer, ctx.task, examples)
+    drop = set(too_long(prompts, ctx.max_prompt_tokens))
+    if drop:  # skip and count: the step goes on with the prompts that fit
+        examples = [ex for i, ex in enumerate(examples) if i not in drop]
+        prompts = [p for i, p in enumerate(prompts) if i not in drop]
+        if not examples:
+            return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0}
     groups = ctx.engine.generate(prompts, ctx.group_size, ctx.sampling, seed=ctx.seed * 1_000_003 + step)
     t_gen = time.perf_counter()
     maybe_die("rollout")
@@ -229,6 +236,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
         "response_length": float(lengths.mean()),
         "truncation_rate": sum(c.finish_reason == "length" for c in completions) / len(completions),
         "verifier_errors": errors,
+        "skipped_prompts": len(drop),
         **update,
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,

@@ -103,6 +103,12 @@ def validate(cfg: TrainConfig) -> None:
             raise CredoError(f"rl.{name} must be at least 1, got {getattr(cfg.rl, name)}")
 
 
+def max_prompt_tokens(model, sampling: SamplingParams) -> int | None:
+    """The longest prompt that leaves room for max_new_tokens in the model's context."""
+    context = getattr(model.config, "max_position_embeddings", None)
+    return None if context is None else context - sampling.max_new_tokens
+
+
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -131,7 +137,8 @@ class Run:
         """Greedy accuracy on the fixed held-out set, recorded under `label`."""
         t = time.perf_counter()
         result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
-                          batch_size=self.cfg.task.eval_batch_size)
+                          batch_size=self.cfg.task.eval_batch_size,
+                          max_prompt_tokens=max_prompt_tokens(self.model, self.sampling))
         self.timings[f"eval_{label}"] = time.perf_counter() - t
         self.summary[label] = result
         self.writer.write({"phase": "eval", "stage": label, **result})
@@ -206,7 +213,8 @@ def rl_context(run: Run) -> RLContext:
     if run.resumed is not None and run.resumed.state.get("stage") == "rl":
         load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model)
     return RLContext(run.model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
-                     credit, run.sampling, rl.group_size, settings, run.cfg.run.seed)
+                     credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
+                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling))
 
 
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
@@ -232,8 +240,9 @@ def rl_stage(run: Run) -> None:
         metrics = rl_step(ctx, step, prompts[step * rl.prompts_per_step : (step + 1) * rl.prompts_per_step])
         run.writer.write({"phase": "rl", "step": step, "lr": lr, **metrics})
         bar.update(1)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.2f}", acc=f"{metrics['accuracy']:.2f}",
-                        s_step=f"{metrics['step_time']:.1f}")
+        nan = float("nan")
+        bar.set_postfix(reward=f"{metrics.get('reward_mean', nan):.2f}", acc=f"{metrics.get('accuracy', nan):.2f}",
+                        s_step=f"{metrics.get('step_time', nan):.1f}")
         bad_steps = bad_steps + 1 if metrics["skipped_updates"] and not metrics["updates"] else 0
         if bad_steps >= rl.max_nonfinite_steps:
             raise CredoError(
