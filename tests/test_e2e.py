@@ -28,8 +28,9 @@ def tiny_run(tmp_path_factory):
 
 def test_run_folder_files(tiny_run):
     for name in ("config.json", "metrics.jsonl", "summary.json", "curves.png",
-                 "checkpoints/warmup/model.safetensors", "checkpoints/final/model.safetensors",
-                 "checkpoints/final/tokenizer.json", "checkpoints/final/config.json"):
+                 "checkpoints/warmup/model/model.safetensors", "checkpoints/final/model/model.safetensors",
+                 "checkpoints/final/model/tokenizer.json", "checkpoints/final/model/config.json",
+                 "checkpoints/final/optimizer.safetensors", "checkpoints/final/manifest.json"):
         assert (tiny_run / name).is_file(), name
     assert (tiny_run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tiny_run.glob("checkpoints/.*")), "no temporary checkpoint folders left behind"

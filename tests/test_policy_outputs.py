@@ -79,3 +79,40 @@ def test_trainer_passes_declared_outputs_with_gradient(tiny_policy):
     with torch.no_grad():
         for p, b in zip(tiny_policy.model.parameters(), before):
             p.copy_(b)
+
+
+def test_whole_groups_split_keeps_groups_together():
+    from credo.train.rl import split_rows
+
+    group_ids = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+    rows = torch.arange(12)
+    parts = split_rows(rows, group_ids, 2, torch.Generator().manual_seed(0), whole_groups=True)
+    assert sorted(torch.cat(parts).tolist()) == list(range(12))
+    for part in parts:
+        for g in torch.unique(group_ids[part]):
+            assert int((group_ids[part] == g).sum()) == 3  # no group is cut in two
+    loose = split_rows(rows, group_ids, 2, torch.Generator().manual_seed(0), whole_groups=False)
+    assert [len(p) for p in loose] == [6, 6]
+
+
+def test_micro_batches_never_split_a_group(tiny_policy):
+    from credo.train.rl import micro_batches
+
+    engine = TorchEngine(tiny_policy.model, tiny_policy.tokenizer)
+    groups = engine.generate([[1, 5], [1, 6], [1, 7]], 3, SamplingParams(max_new_tokens=2), seed=0)
+    batch = build_batch([c for g in groups for c in g], [0.0] * 9, [0, 0, 0, 1, 1, 1, 2, 2, 2], pad_id=0)
+    assert [m.tolist() for m in micro_batches(batch, 4, True)] == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+    assert [m.tolist() for m in micro_batches(batch, 7, True)] == [[0, 1, 2, 3, 4, 5], [6, 7, 8]]
+    assert [m.tolist() for m in micro_batches(batch, 4, False)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+
+
+def test_ref_need_loads_a_reference_model(tmp_path):
+    from credo.cli import main
+    from credo.train.logging import read_metrics
+
+    code = main(["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--run.name", "copg",
+                 "--run.progress", "false", "--rl.objective", "copg", "--rl.steps", "1", "--model.threads", "1",
+                 "--run.eval_base", "false", "--task.eval_size", "4", "--warmup.steps", "0"])
+    assert code == 0
+    rl = [r for r in read_metrics(tmp_path / "copg" / "metrics.jsonl") if r["phase"] == "rl"]
+    assert rl[0].get("reference_is_behaviour", 0.0) == 0.0  # the real reference was used

@@ -94,8 +94,10 @@ class RLConfig:
     clip_high: float | None = None
     """Clip range above 1 (ratio cap 1 + clip_high); unset = the objective's paper default
     (0.2 for GRPO, 0.28 for DAPO's clip-higher, 4e-4 for GSPO)."""
-    kl_coef: float = 0.0
-    """Weight of the KL penalty to a frozen reference model; 0 loads no reference model."""
+    kl_coef: float | None = None
+    """Weight of the KL penalty to a frozen reference model (the policy as RL starts); unset = the
+    objective's own default (0 for GRPO). A reference model is loaded only when this is > 0 or the
+    objective declares it needs one."""
     kl_estimator: str = "k3"
     """KL estimator: k1, k2 or k3."""
     loss_reduction: str = "token_mean"

@@ -9,8 +9,8 @@ Names accepted by `load_policy(name)`:
   instead of about 20 s. Nothing is downloaded from a model hub, ever.
 - `"tiny"`: a small randomly initialised Llama (2 layers, width 64) with SmolLM2's tokenizer, for
   tests and quick experiments. Deterministic in `seed`.
-- any path to a local folder holding `config.json` + weights (a Hugging Face model folder or a credo
-  checkpoint).
+- any path to a local folder holding `config.json` + weights (a Hugging Face model folder), or a
+  credo checkpoint folder (`runs/<run>/checkpoints/final`, whose model is in its `model/` folder).
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ def load_policy(name: str, seed: int = 0) -> Policy:
         tokenizer = bundled_tokenizer()
         return Policy(tiny_model(tokenizer, seed=seed), tokenizer, TINY_NAME)
     folder = bundled_model_dir() if name == BUNDLED_NAME else Path(name).expanduser()
+    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+        folder = folder / "model"  # a credo checkpoint folder: its model lives in model/
     if not folder.is_dir():
         raise CredoError(
             f"model not found: {name!r} is neither a preset ({BUNDLED_NAME}, {TINY_NAME}) "

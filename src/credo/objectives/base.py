@@ -12,7 +12,7 @@ import torch
 from credo.logprobs import OUTPUT_NEEDS, PolicyOutputs
 from credo.registry import Registry
 
-__all__ = ["LossTerms", "OBJECTIVES", "PolicyOutputs", "masked_mean", "needs", "needs_of", "wants_outputs"]
+__all__ = ["BATCH_NEEDS", "LossTerms", "OBJECTIVES", "PolicyOutputs", "masked_mean", "needs", "needs_of", "wants_outputs"]
 
 
 @dataclass
@@ -32,19 +32,28 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * m).sum() / m.sum().clamp(min=1.0)
 
 
+# Needs about the batch rather than the forward pass:
+# "whole_groups": the objective compares samples of a group (DisCO, DRPO, CoPG, ...), so minibatches
+#     and micro-batches hold whole groups, and no row is left out for a zero advantage;
+# "ref": the objective reads batch.ref_logprobs, so a reference model is loaded even with kl_coef = 0.
+BATCH_NEEDS = ("whole_groups", "ref")
+
+
 def needs(*what: str) -> Callable:
-    """Declare the extra policy outputs an objective reads from its `outputs` keyword.
+    """Declare the extra policy outputs an objective reads from its `outputs` keyword, and its
+    batch needs (BATCH_NEEDS).
 
         @OBJECTIVES.register("my_method")
         @needs("entropy")
         def my_loss(logprobs, batch, *, outputs: PolicyOutputs, coef: float = 0.1) -> LossTerms: ...
 
-    Valid: "entropy" (differentiable), "full_logprobs" ([N, V]), "hidden_states". The trainer computes
-    them only for objectives that declare them, so the others do not pay for it.
+    Valid: "entropy" (differentiable), "full_logprobs" ([N, V]), "hidden_states", plus the batch
+    needs "whole_groups" and "ref". The trainer computes outputs only for objectives that declare
+    them, so the others do not pay for it.
     """
-    unknown = set(what) - set(OUTPUT_NEEDS)
+    unknown = set(what) - set(OUTPUT_NEEDS) - set(BATCH_NEEDS)
     if unknown:
-        raise ValueError(f"unknown need(s) {sorted(unknown)}; valid: {', '.join(OUTPUT_NEEDS)}")
+        raise ValueError(f"unknown need(s) {sorted(unknown)}; valid: {', '.join(OUTPUT_NEEDS + BATCH_NEEDS)}")
 
     def mark(fn: Callable) -> Callable:
         fn.needs = frozenset(what)

@@ -19,7 +19,7 @@ import torch
 from credo.batch import RolloutBatch, broadcast_advantages, build_batch
 from credo.errors import CredoError
 from credo.faults import maybe_die
-from credo.logprobs import policy_outputs, token_logprobs
+from credo.logprobs import OUTPUT_NEEDS, policy_outputs, token_logprobs
 from credo.objectives.base import needs_of, wants_outputs
 from credo.objectives.reduce import reduce_loss
 from credo.rollout.base import RolloutEngine, SamplingParams
@@ -58,6 +58,37 @@ class UpdateSettings:
     skip_zero_advantage: bool
     autocast_dtype: torch.dtype | None
     recompute_old_logprobs: bool = True
+
+
+def split_rows(
+    rows: torch.Tensor, group_ids: torch.Tensor, parts: int, generator: torch.Generator, whole_groups: bool
+) -> list[torch.Tensor]:
+    """Shuffle `rows` and cut them into `parts` minibatches; with whole_groups, whole groups move
+    together (a group-level objective must see every sample of a group)."""
+    if not whole_groups:
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        return list(order.chunk(min(parts, len(order))))
+    groups = torch.unique(group_ids[rows])
+    groups = groups[torch.randperm(len(groups), generator=generator)]
+    return [rows[torch.isin(group_ids[rows], chunk)] for chunk in groups.chunk(min(parts, len(groups)))]
+
+
+def micro_batches(sub: RolloutBatch, size: int, whole_groups: bool) -> list[torch.Tensor]:
+    """Row indices of `sub` in micro-batches of at most `size` rows; with whole_groups, groups are
+    never split (a micro-batch holds at least one whole group)."""
+    if not whole_groups:
+        return list(torch.arange(len(sub)).split(size))
+    out, current, count = [], [], 0
+    for g in torch.unique(sub.group_ids).tolist():
+        members = torch.nonzero(sub.group_ids == g).flatten().tolist()
+        if current and count + len(members) > size:
+            out.append(torch.tensor(current))
+            current, count = [], 0
+        current += members
+        count += len(members)
+    if current:
+        out.append(torch.tensor(current))
+    return out
 
 
 def trainable_rows(batch: RolloutBatch, skip_zero_advantage: bool) -> torch.Tensor:
@@ -99,7 +130,9 @@ def ppo_update(
     generator: torch.Generator,
 ) -> dict[str, float]:
     """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics."""
-    rows = trainable_rows(batch, settings.skip_zero_advantage)
+    declared, pass_outputs = needs_of(objective), wants_outputs(objective)
+    whole_groups = "whole_groups" in declared
+    rows = trainable_rows(batch, settings.skip_zero_advantage and not whole_groups)
     sums: dict[str, float] = {}
     extremes: dict[str, float] = {}  # metrics named *_min / *_max: true extremes, not averages
     weight = 0.0
@@ -110,21 +143,20 @@ def ppo_update(
         return {"updates": 0, "skipped_updates": 0, "trained_sequences": 0, "grad_norm": nan,
                 **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
-    declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     model.train()
     if settings.recompute_old_logprobs:
         batch = replace(batch, old_logprobs=recompute_old_logprobs(model, batch, rows, settings))
     for _ in range(settings.epochs):
-        order = rows[torch.randperm(len(rows), generator=generator)]
-        for minibatch in order.chunk(min(settings.minibatches, len(order))):
+        for minibatch in split_rows(rows, batch.group_ids, settings.minibatches, generator, whole_groups):
             sub = batch.select(minibatch)
             num_tokens = float(sub.loss_mask.sum())
             num_seqs = float(sub.loss_mask.any(-1).sum())
-            for micro in torch.arange(len(sub)).split(settings.micro_batch_size):
+            for micro in micro_batches(sub, settings.micro_batch_size, whole_groups):
                 part = sub.select(micro)
                 with autocast_context(settings.autocast_dtype, device):
                     outputs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
-                                             temperature=settings.temperature, needs=declared)
+                                             temperature=settings.temperature,
+                                             needs=declared & frozenset(OUTPUT_NEEDS))
                 entropy = outputs.entropy.detach()
                 if pass_outputs:
                     terms = objective(outputs.logprobs, part, outputs=outputs)

@@ -13,6 +13,7 @@ Run folder layout (`runs/<name>/`):
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import random
 import time
@@ -29,6 +30,8 @@ from credo.credit import CREDIT
 from credo.errors import CredoError
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
+from credo.objectives.base import needs_of
+from credo.objectives.distribution import wire_internal_policy
 from credo.rollout import SamplingParams, TorchEngine
 from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_into, newest_complete, save_checkpoint
@@ -199,9 +202,13 @@ def rl_context(run: Run) -> RLContext:
     common = {"clip_low": rl.clip_low, "clip_high": rl.clip_high, "kl_coef": rl.kl_coef,
               "kl_estimator": KL_ESTIMATORS.get(rl.kl_estimator)}
     objective = bind_params(OBJECTIVES.get(rl.objective), common, rl.objective_params, "objective")
+    if "lm_head" in inspect.signature(objective).parameters:  # internal-layer policies (BuPO)
+        temperature = run.sampling.temperature if run.sampling.temperature > 0 else 1.0
+        objective = wire_internal_policy(objective, run.model, temperature=temperature)
     credit = bind_params(CREDIT.get(rl.credit), {}, rl.credit_params, "credit estimator")
     # the reference is the policy as RL starts (after warm-up), frozen
-    ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if rl.kl_coef > 0 else None
+    wants_ref = (rl.kl_coef or 0.0) > 0 or "ref" in needs_of(objective)
+    ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if wants_ref else None
     settings = UpdateSettings(
         reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
         micro_batch_size=rl.micro_batch_size, max_grad_norm=rl.max_grad_norm,
