@@ -34,3 +34,12 @@ def test_list_command_prints_every_method(capsys):
     for name in OBJECTIVES.names():
         assert f"\n{name} " in out
     assert table(entries(credo.objectives)).splitlines()[0].startswith("name")
+
+
+def test_docs_catalog_is_current():
+    from pathlib import Path
+
+    from credo.catalog import catalog_markdown
+
+    page = Path(__file__).parents[1] / "docs" / "catalog.md"
+    assert page.read_text() == catalog_markdown(), "regenerate: python -m credo.catalog > docs/catalog.md"

@@ -41,6 +41,30 @@ def table(rows: list[Entry]) -> str:
     return "\n".join(lines)
 
 
+def markdown(rows: list[Entry]) -> str:
+    """The same rows as a Markdown table (docs/catalog.md)."""
+    lines = ["| name | status | needs | summary | paper |", "|---|---|---|---|---|"]
+    for e in rows:
+        cells = [f"`{e.name}`", e.status, e.needs, e.summary, e.paper]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def catalog_markdown() -> str:
+    """The whole docs/catalog.md page, generated from the code (`python -m credo.catalog`)."""
+    import credo.credit
+    import credo.objectives
+
+    return (
+        "# Method catalog\n\n"
+        "Generated from the code by `python -m credo.catalog > docs/catalog.md` (a test checks it is current).\n"
+        "Status: *confirmed* methods follow the authors' code or a reference implementation exactly;\n"
+        "*reconstructed* ones implement the paper's stated math, and their docstrings say what was assumed.\n\n"
+        "## Policy objectives (`rl.objective`)\n\n" + markdown(entries(credo.objectives)) + "\n\n"
+        "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n"
+    )
+
+
 def print_catalog(what: str = "all") -> None:
     from credo.presets import PRESETS
     from credo.tasks import TASKS
@@ -56,3 +80,7 @@ def print_catalog(what: str = "all") -> None:
         print("\nobjectives:\n" + table(entries(credo.objectives)))
     if what in ("all", "credit"):
         print("\ncredit estimators:\n" + table(entries(credo.credit)))
+
+
+if __name__ == "__main__":
+    print(catalog_markdown(), end="")
