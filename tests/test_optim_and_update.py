@@ -104,3 +104,22 @@ def test_non_finite_gradient_skips_the_optimizer(tiny_policy):
     assert out["updates"] == 0 and out["skipped_updates"] == 2
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert not optimizer.state  # AdamW moments untouched
+
+
+def test_entropy_bonus_composes_with_any_objective(tiny_policy):
+    """With zero advantages GRPO gives no gradient; the entropy bonus alone still moves the weights."""
+    model = tiny_policy.model
+    batch = _rollout_batch(tiny_policy, [0.0, 0.0, 0.0, 0.0])
+    batch.advantages = torch.zeros_like(batch.advantages)
+    before = [p.detach().clone() for p in model.parameters()]
+    for coef, should_move in ((0.0, False), (0.1, True)):
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        out = ppo_update(model, optimizer, batch, grpo_loss,
+                         _settings(skip_zero_advantage=False, entropy_coef=coef), torch.Generator().manual_seed(0))
+        moved = any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+        assert moved == should_move and out["updates"] == 2
+        if coef:  # the logged loss is -coef * mean entropy (the surrogate is 0 at A = 0)
+            assert out["loss"] < 0
+    with torch.no_grad():
+        for p, b in zip(model.parameters(), before):
+            p.copy_(b)

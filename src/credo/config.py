@@ -100,6 +100,9 @@ class RLConfig:
     objective declares it needs one."""
     kl_estimator: str = "k3"
     """KL estimator: k1, k2 or k3."""
+    entropy_coef: float = 0.0
+    """Entropy bonus composable with any objective: the loss becomes objective - entropy_coef * H,
+    reduced the same way (verl's entropy_coeff); > 0 makes the trainer compute a differentiable entropy."""
     loss_reduction: str = "token_mean"
     """token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_sum."""
     minibatches: int = 2

@@ -58,6 +58,7 @@ class UpdateSettings:
     skip_zero_advantage: bool
     autocast_dtype: torch.dtype | None
     recompute_old_logprobs: bool = True
+    entropy_coef: float = 0.0  # entropy bonus added to any objective: loss - coef * reduce(entropy)
 
 
 def split_rows(
@@ -132,6 +133,9 @@ def ppo_update(
     """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics."""
     declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     whole_groups = "whole_groups" in declared
+    forward_needs = declared & frozenset(OUTPUT_NEEDS)
+    if settings.entropy_coef:
+        forward_needs |= {"entropy"}  # the bonus needs a differentiable entropy
     rows = trainable_rows(batch, settings.skip_zero_advantage and not whole_groups)
     sums: dict[str, float] = {}
     extremes: dict[str, float] = {}  # metrics named *_min / *_max: true extremes, not averages
@@ -156,14 +160,17 @@ def ppo_update(
                 with autocast_context(settings.autocast_dtype, device):
                     outputs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
                                              temperature=settings.temperature,
-                                             needs=declared & frozenset(OUTPUT_NEEDS))
+                                             needs=forward_needs)
                 entropy = outputs.entropy.detach()
                 if pass_outputs:
                     terms = objective(outputs.logprobs, part, outputs=outputs)
                 else:
                     terms = objective(outputs.logprobs, part)
+                per_token = terms.per_token
+                if settings.entropy_coef:
+                    per_token = per_token - settings.entropy_coef * outputs.entropy
                 loss = reduce_loss(
-                    terms.per_token, part.loss_mask, settings.reduction,
+                    per_token, part.loss_mask, settings.reduction,
                     num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=settings.norm_constant,
                 )
                 loss.backward()

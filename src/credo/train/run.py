@@ -215,6 +215,7 @@ def rl_context(run: Run) -> RLContext:
         temperature=run.sampling.temperature if run.sampling.temperature > 0 else 1.0,
         norm_constant=float(run.sampling.max_new_tokens), skip_zero_advantage=rl.skip_zero_advantage,
         autocast_dtype=run.dtype, recompute_old_logprobs=rl.recompute_old_logprobs,
+        entropy_coef=rl.entropy_coef,
     )
     optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
     if run.resumed is not None and run.resumed.state.get("stage") == "rl":
