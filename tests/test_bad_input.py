@@ -112,3 +112,23 @@ def test_empty_dataset_is_a_clear_error(tmp_path):
     empty.write_text("\n\n")
     with pytest.raises(CredoError, match="empty.jsonl"):
         make_task("jsonl", path=str(empty)).examples("train", 1, seed=0)
+
+
+class Hangs(ArithmeticTask):
+    def score(self, completion, example):
+        import time
+
+        time.sleep(30)
+        return Score(1.0, True, True)
+
+
+def test_a_hanging_verifier_times_out_and_scoring_goes_on():
+    import time
+
+    start = time.perf_counter()
+    score, failed = safe_score(Hangs(), "x", EXAMPLE, error_reward=-1.0, timeout_s=0.5)
+    assert failed and score.reward == -1.0
+    assert time.perf_counter() - start < 3.0
+    # the next call gets a fresh worker and works normally
+    score, failed = safe_score(FixedReward(0.5), "x", EXAMPLE, timeout_s=0.5)
+    assert not failed and score.reward == 0.5

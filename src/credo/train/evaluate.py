@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from typing import Sequence
 
 from credo.rollout.base import RolloutEngine, SamplingParams
@@ -23,15 +24,45 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
 
-def safe_score(task: Task, text: str, example: Example, error_reward: float = 0.0) -> tuple[Score, bool]:
+def call_with_timeout(fn, timeout_s: float):
+    """fn() on a daemon thread; TimeoutError if it has not returned after timeout_s seconds.
+
+    A Python thread cannot be killed: a hung call keeps its (daemon) thread, which never blocks the
+    process from exiting. Code that may truly hang belongs in the sandbox (`credo.rewards.sandbox`),
+    which kills whole process trees.
+    """
+    box: dict = {}
+
+    def run():
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True, name="credo-score")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"verifier did not return within {timeout_s} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def safe_score(
+    task: Task, text: str, example: Example, error_reward: float = 0.0, timeout_s: float | None = 30.0
+) -> tuple[Score, bool]:
     """The verifier's score, or (error_reward, wrong) if it fails: model output never stops a run.
 
-    A verifier fails when it raises, or returns a reward that is not a finite real number (a bool,
-    a string, None, NaN or inf would otherwise poison the whole group's advantages).
-    Returns (score, failed); failures are counted in the `verifier_errors` metric.
+    A verifier fails when it raises, runs longer than `timeout_s` seconds, or returns a reward that
+    is not a finite real number (a bool, a string, None, NaN or inf would otherwise poison the whole
+    group's advantages). Returns (score, failed); failures are counted in `verifier_errors`.
     """
     try:
-        score = task.score(text, example)
+        if timeout_s is None:
+            score = task.score(text, example)
+        else:
+            score = call_with_timeout(lambda: task.score(text, example), timeout_s)
         reward = score.reward
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             return Score(error_reward, False, False), True
