@@ -26,6 +26,8 @@ class LossTerms:
 
 OBJECTIVES: Registry = Registry("objective")
 
+LOG_RATIO_CLAMP = 20.0  # as verl: exp() of a larger log-ratio overflows or dominates the batch
+
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     m = mask.to(x.dtype)

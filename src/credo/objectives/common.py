@@ -12,8 +12,7 @@ from typing import Callable
 import torch
 
 from credo.batch import RolloutBatch
-from credo.objectives.base import LossTerms, masked_mean
-from credo.objectives.grpo import LOG_RATIO_CLAMP
+from credo.objectives.base import LOG_RATIO_CLAMP, LossTerms, masked_mean
 
 
 def token_log_ratio(logprobs: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:

@@ -12,11 +12,11 @@ from typing import Callable
 import torch
 
 from credo.batch import RolloutBatch
-from credo.objectives.base import OBJECTIVES, LossTerms, masked_mean
+from credo.objectives.base import LOG_RATIO_CLAMP, OBJECTIVES, LossTerms, masked_mean
+from credo.objectives.common import add_kl_penalty
 from credo.objectives.kl import kl_k3
 from credo.catalog import Entry
 
-LOG_RATIO_CLAMP = 20.0  # as verl: exp() of a larger log-ratio overflows or dominates the batch
 
 
 def ppo_clip_per_token(
@@ -86,13 +86,7 @@ def grpo_loss(
         clip_low=clip_low,
         clip_high=clip_high,
     )
-    if kl_coef:
-        if batch.ref_logprobs is None:
-            raise ValueError("grpo_loss: kl_coef > 0 needs batch.ref_logprobs (a reference model)")
-        kl = kl_estimator(logprobs, batch.ref_logprobs)
-        terms.per_token = terms.per_token + kl_coef * kl
-        terms.metrics["kl_ref"] = masked_mean(kl.detach(), batch.loss_mask)
-    return terms
+    return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="grpo_loss")
 
 
 # The catalog rows of this module's methods (`credo list`).
