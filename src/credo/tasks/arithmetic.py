@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from credo.errors import CredoError
 from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
-from credo.tasks.base import Example, Score, check_split, split_of
+from credo.tasks.base import Example, Score, draw_examples
 
 _LEVELS = {
     1: (("+",), 0, 9, 0, 9),
@@ -53,33 +53,14 @@ class ArithmeticTask:
         return rng.randint(lo_a, hi_a), rng.choice(ops), rng.randint(lo_b, hi_b)
 
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
-        check_split(split)
-        rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
-        out: list[Example] = []
-        seen: set[str] = set()
-        for _ in range(200 * n + 1000):
-            if len(out) == n:
-                break
-            a, op, b = self._draw(rng)
-            key = f"{a}{op}{b}"
-            if split_of(key) != split or (split == "test" and key in seen):
-                continue  # test problems are distinct; train problems may repeat
-            seen.add(key)
+        def make(problem: tuple[int, str, int]) -> Example:
+            a, op, b = problem
             answer = str(_evaluate(a, op, b))
-            out.append(
-                Example(
-                    prompt=f"What is {a}{op}{b}?",
-                    answer=answer,
-                    demonstration=f"<answer>{answer}</answer>",
-                    meta={"level": self.difficulty},
-                )
-            )
-        if len(out) < n:
-            raise CredoError(
-                f"arith difficulty {self.difficulty}: only {len(out)} distinct {split} problems "
-                f"exist, {n} were asked for; lower the count or raise the difficulty"
-            )
-        return out
+            return Example(f"What is {a}{op}{b}?", answer, f"<answer>{answer}</answer>", {"level": self.difficulty})
+
+        rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
+        return draw_examples(f"arith difficulty {self.difficulty}", split, n, rng, self._draw,
+                             lambda p: f"{p[0]}{p[1]}{p[2]}", make)
 
     def score(self, completion: str, example: Example) -> Score:
         formatted = only_answer(completion)

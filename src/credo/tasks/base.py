@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 SPLITS = ("train", "test")
 
@@ -102,3 +102,43 @@ def take(examples: Sequence[Example], n: int, where: str) -> list[Example]:
     if len(examples) < n:
         raise CredoError(f"{where}: asked for {n} examples but only {len(examples)} exist")
     return list(examples[:n])
+
+
+def draw_examples(
+    task_label: str,
+    split: str,
+    n: int,
+    rng,
+    draw: Callable[[Any], Any],
+    key_of: Callable[[Any], str],
+    make: Callable[[Any], Example],
+    noun: str = "problems",
+) -> list[Example]:
+    """The sampling loop shared by the generators: draw problems until `n` of `split` exist.
+
+    draw(rng) -> a problem or None (rejected); key_of(problem) -> its canonical key, which decides
+    the split (`split_of`); make(problem) -> the Example. Test problems are distinct; train
+    problems may repeat. CredoError naming `task_label` if fewer than `n` are found.
+    """
+    check_split(split)
+    out: list[Example] = []
+    seen: set[str] = set()
+    for _ in range(200 * n + 1000):
+        if len(out) == n:
+            break
+        problem = draw(rng)
+        if problem is None:
+            continue
+        key = key_of(problem)
+        if split_of(key) != split or (split == "test" and key in seen):
+            continue
+        seen.add(key)
+        out.append(make(problem))
+    if len(out) < n:
+        from credo.errors import CredoError
+
+        raise CredoError(
+            f"{task_label}: only {len(out)} distinct {split} {noun} were found, {n} were asked "
+            f"for; lower the count or change the difficulty"
+        )
+    return out

@@ -44,7 +44,7 @@ from fractions import Fraction
 
 from credo.errors import CredoError
 from credo.rewards.answer_tags import extract_answer, only_answer
-from credo.tasks.base import Example, Score, check_split, split_of
+from credo.tasks.base import Example, Score, draw_examples
 
 MAX_EXPRESSION_CHARS = 200
 MAX_DEPTH = 32
@@ -183,28 +183,9 @@ class CountdownTask:
         return numbers, target, solution
 
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
-        check_split(split)
         rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
-        out: list[Example] = []
-        seen: set[str] = set()
-        for _ in range(200 * n + 1000):
-            if len(out) == n:
-                break
-            drawn = self._draw(rng)
-            if drawn is None:
-                continue
-            numbers, target, solution = drawn
-            key = problem_key(numbers, target)
-            if split_of(key) != split or (split == "test" and key in seen):
-                continue  # test problems are distinct; train problems may repeat
-            seen.add(key)
-            out.append(self._example(numbers, target, solution))
-        if len(out) < n:
-            raise CredoError(
-                f"countdown difficulty {self.difficulty}: only {len(out)} distinct {split} "
-                f"problems were found, {n} were asked for; lower the count"
-            )
-        return out
+        return draw_examples(f"countdown difficulty {self.difficulty}", split, n, rng, self._draw,
+                             lambda p: problem_key(p[0], p[1]), lambda p: self._example(*p))
 
     def _example(self, numbers: list[int], target: int, solution: str) -> Example:
         prompt = (

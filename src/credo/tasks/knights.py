@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 from credo.errors import CredoError
 from credo.rewards.answer_tags import extract_answer, only_answer
-from credo.tasks.base import Example, Score, check_split, split_of
+from credo.tasks.base import Example, Score, draw_examples
 
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay")
 LEVELS = range(2, len(NAMES) + 1)
@@ -190,30 +190,13 @@ class KnightsKnavesTask:
         return (statements, found[0]) if len(found) == 1 else None
 
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
-        check_split(split)
+        def make(problem) -> Example:
+            answer = render_answer(problem[1])
+            return Example(render_puzzle(problem[0]), answer, f"<answer>{answer}</answer>", {"level": self.difficulty})
+
         rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
-        out: list[Example] = []
-        seen: set[str] = set()
-        for _ in range(200 * n + 1000):
-            if len(out) == n:
-                break
-            drawn = self._draw(rng)
-            if drawn is None:
-                continue
-            prompt = render_puzzle(drawn[0])
-            if split_of(prompt) != split or (split == "test" and prompt in seen):
-                continue  # test puzzles are distinct; train puzzles may repeat
-            seen.add(prompt)
-            answer = render_answer(drawn[1])
-            out.append(
-                Example(prompt, answer, f"<answer>{answer}</answer>", {"level": self.difficulty})
-            )
-        if len(out) < n:
-            raise CredoError(
-                f"knights difficulty {self.difficulty}: only {len(out)} distinct {split} puzzles "
-                f"were found, {n} were asked for; lower the count or raise the difficulty"
-            )
-        return out
+        return draw_examples(f"knights difficulty {self.difficulty}", split, n, rng, self._draw,
+                             lambda p: render_puzzle(p[0]), make, noun="puzzles")
 
     def score(self, completion: str, example: Example) -> Score:
         formatted = only_answer(completion)
