@@ -124,6 +124,22 @@ class RLConfig:
     recompute_old_logprobs: bool = True
     """Recompute the behaviour logprobs with the trainer's forward pass before updating (costs one
     forward; removes the sampler/trainer numeric mismatch from the importance ratio)."""
+    judge_noise: float = 0.0
+    """Step judge / PRM for step-level credit (PURE, CAPO, TP-GRPO, ...): std of the Gaussian noise a
+    SyntheticJudge adds to the task's true step scores."""
+    judge_bias: float = 0.0
+    """Step judge: constant bias added to every step score."""
+    judge_flip: float = 0.0
+    """Step judge: probability of a mirrored (wrong) verdict per step."""
+    probe_samples: int = 4
+    """Monte Carlo continuations per value probe (SPO-chain's V at cutpoints); each is counted."""
+    critic_kind: str = "head"
+    """Value model when the credit estimator reads values (GAE, MA-RLHF, POAD): "head" (a value head on
+    the policy's detached hidden states) or "model" (a separate copy of the backbone, as verl)."""
+    critic_lr: float = 1e-4
+    """AdamW learning rate of the value model."""
+    value_clip: float | None = 0.5
+    """Clip range of the value loss around the values at collection time (verl 0.5); unset = no clip."""
     objective_params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the objective."""
     credit_params: dict[str, Any] = field(default_factory=dict)

@@ -17,11 +17,14 @@ Reward: 1.0 when the completion is exactly one answer tag holding the right inte
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 
 from credo.errors import CredoError
 from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
 from credo.tasks.base import Example, Score, draw_examples
+
+_EQUATION = re.compile(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 _LEVELS = {
     1: (("+",), 0, 9, 0, 9),
@@ -67,3 +70,19 @@ class ArithmeticTask:
         value = parse_int(extract_answer(completion))
         correct = formatted and value is not None and str(value) == example.answer
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
+
+    def step_truth(self, example: Example, steps: list[str]) -> list[float]:
+        """Exact per-step scores, checked by a calculator (tool-verified step labels): a step with an
+        answer tag scores +1 if the answer is right, else -1; a step with an equation "a op b = c"
+        scores +1 if it holds, else -1; any other step 0. Never raises on model output."""
+        out = []
+        for step in steps:
+            if "<answer>" in step:
+                value = parse_int(extract_answer(step))
+                out.append(1.0 if value is not None and str(value) == example.answer else -1.0)
+            elif (m := _EQUATION.search(step)) is not None:
+                a, op, b, c = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+                out.append(1.0 if _evaluate(a, op, b) == c else -1.0)
+            else:
+                out.append(0.0)
+        return out

@@ -61,6 +61,10 @@ class Task(Protocol):
         """Verify a completion. Never raises on model output."""
         ...
 
+    # Optional: `step_truth(example, steps: list[str]) -> list[float]`, the exact score of each step
+    # of a completion (+1 right, -1 wrong, 0 neutral), for step-level credit: a synthetic judge / PRM
+    # adds noise and bias to it (credit/judges.py). Tasks without it get an outcome-only judge.
+
 
 def stable_hash(key: str) -> int:
     """A hash that is the same in every process and Python version (unlike `hash`)."""

@@ -94,7 +94,7 @@ def _unique_tensors(model) -> dict[str, torch.Tensor]:
 def _load_weights(model, weights: dict[str, torch.Tensor], where: Path) -> None:
     missing, unexpected = model.load_state_dict(weights, strict=False)
     # a tied output head is saved once, as the input embedding; anything else missing is a mismatch
-    tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
+    tied = {"lm_head.weight"} if getattr(getattr(model, "config", None), "tie_word_embeddings", False) else set()
     missing = [k for k in missing if k not in tied]
     if missing or unexpected:
         raise CredoError(f"checkpoint {where} does not match the model: missing {missing}, unexpected {unexpected}")
@@ -107,6 +107,8 @@ def save_checkpoint(
     tokenizer,
     optimizer: torch.optim.Optimizer | None = None,
     ref_model=None,
+    critic=None,
+    critic_optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint to `folder` atomically (see the module docstring)."""
@@ -126,6 +128,11 @@ def save_checkpoint(
     full_state["rng"] = rng_scalars
     if ref_model is not None:
         save_file(_unique_tensors(ref_model), str(tmp / "ref_model.safetensors"))
+    if critic is not None:  # the value model and its AdamW moments (PPO's critic path)
+        save_file(_unique_tensors(critic), str(tmp / "critic.safetensors"))
+        tensors, groups = _optimizer_tensors(critic_optimizer)
+        save_file(tensors, str(tmp / "critic_optimizer.safetensors"))
+        full_state["critic_optimizer_param_groups"] = groups
     (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
@@ -187,7 +194,8 @@ def newest_complete(checkpoints_dir: Path) -> tuple[Checkpoint | None, list[str]
     return None, skipped
 
 
-def load_into(checkpoint: Checkpoint, *, model, optimizer=None, ref_model=None) -> None:
+def load_into(checkpoint: Checkpoint, *, model, optimizer=None, ref_model=None, critic=None,
+              critic_optimizer=None) -> None:
     """Restore weights, optimizer moments, the reference model and every RNG from a checkpoint."""
     folder = checkpoint.folder
     weights = {}
@@ -201,4 +209,10 @@ def load_into(checkpoint: Checkpoint, *, model, optimizer=None, ref_model=None) 
                            checkpoint.state["optimizer_param_groups"])
     if ref_model is not None:
         _load_weights(ref_model, load_file(str(folder / "ref_model.safetensors")), folder / "ref_model.safetensors")
+    if critic is not None:
+        if not (folder / "critic.safetensors").is_file():
+            raise CredoError(f"checkpoint {folder} has no value model (critic.safetensors) to resume from")
+        _load_weights(critic, load_file(str(folder / "critic.safetensors")), folder / "critic.safetensors")
+        _restore_optimizer(critic_optimizer, load_file(str(folder / "critic_optimizer.safetensors")),
+                           checkpoint.state["critic_optimizer_param_groups"])
     _restore_rng(load_file(str(folder / "rng.safetensors")), checkpoint.state["rng"])

@@ -25,6 +25,9 @@ from credo.objectives.reduce import reduce_loss
 from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example, Task
+from credo.credit.base import credit_needs_of, is_token_level
+from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
+from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
 from credo.train.evaluate import encode_prompts, pad_token_id, safe_score, too_long
 
 
@@ -148,7 +151,7 @@ def ppo_update(
                 **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
     model.train()
-    if settings.recompute_old_logprobs:
+    if settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
         batch = replace(batch, old_logprobs=recompute_old_logprobs(model, batch, rows, settings))
     for _ in range(settings.epochs):
         for minibatch in split_rows(rows, batch.group_ids, settings.minibatches, generator, whole_groups):
@@ -221,6 +224,11 @@ class RLContext:
     seed: int
     error_reward: float = 0.0
     max_prompt_tokens: int | None = None  # context length minus the completion budget
+    credit_name: str = ""
+    credit_sources: CreditSources | None = None  # token-level credit: judge, probes, forward passes
+    critic: ValueModel | None = None  # the value model, when the credit estimator reads values
+    critic_optimizer: torch.optim.Optimizer | None = None
+    critic_settings: CriticSettings | None = None
 
 
 def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
@@ -234,6 +242,36 @@ def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: 
             group_ids.append(g)
             errors += raised
     return completions, scores, group_ids, errors
+
+
+def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples) -> dict[str, float]:
+    """Fill batch.advantages [B, T] (and batch.values with a critic) from the credit estimator.
+
+    Outcome-level estimators give [B], broadcast over each row's loss tokens; token-level ones get
+    the CreditInputs they declare (train/credit_inputs.py) and return [B, T]. Returns the credit
+    compute spent this step (probe rollouts, judge calls) as metrics.
+    """
+    if ctx.critic is not None:
+        batch.values = compute_values(ctx.critic, batch, ctx.settings.micro_batch_size, ctx.settings.autocast_dtype)
+    if not is_token_level(ctx.credit):
+        batch.advantages = broadcast_advantages(ctx.credit(batch.rewards, batch.group_ids), batch.loss_mask)
+        return {}
+    if "logprobs" in credit_needs_of(ctx.credit) and ctx.settings.recompute_old_logprobs:
+        rows = torch.arange(len(batch))
+        batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, rows, ctx.settings)
+    sources = ctx.credit_sources
+    before = dict(sources.counters)
+    inputs = build_credit_inputs(StepContext(sources, batch, completions, row_examples), ctx.credit, ctx.credit_name)
+    advantages = ctx.credit(inputs)
+    if tuple(advantages.shape) != tuple(batch.loss_mask.shape):
+        raise ValueError(f"credit estimator {ctx.credit_name} returned shape {tuple(advantages.shape)}, "
+                         f"expected [B, T] = {tuple(batch.loss_mask.shape)}")
+    # a non-finite advantage would poison the update; it is a bug in the estimator's guards, so count it
+    bad = ~torch.isfinite(advantages) & batch.loss_mask
+    advantages = torch.where(batch.loss_mask & ~bad, advantages.float(), torch.zeros_like(advantages, dtype=torch.float32))
+    batch.advantages = advantages
+    return {"credit_nonfinite": float(bad.sum()),
+            **{k: float(v - before.get(k, 0)) for k, v in sources.counters.items()}}
 
 
 def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str, float]:
@@ -252,16 +290,19 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     batch = build_batch(completions, rewards.tolist(), group_ids, pad_id=pad_token_id(ctx.tokenizer))
-    seq_adv = ctx.credit(batch.rewards, batch.group_ids)
-    batch.advantages = broadcast_advantages(seq_adv, batch.loss_mask)
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
             batch.ref_logprobs = token_logprobs(
                 ctx.ref_model, batch.tokens, batch.attention_mask, batch.loss_mask,
                 temperature=ctx.settings.temperature,
             )
+    credit_metrics = assign_credit(ctx, batch, completions, [examples[g] for g in group_ids])
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator)
+    if ctx.critic is not None:
+        returns = critic_returns(batch, ctx.credit)
+        update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
+                                    generator, ctx.settings.autocast_dtype))
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())
@@ -277,6 +318,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
         "verifier_errors": errors,
         "skipped_prompts": len(drop),
         **update,
+        **credit_metrics,
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,

@@ -27,6 +27,9 @@ import torch
 
 from credo.config import TrainConfig, to_dict
 from credo.credit import CREDIT
+from credo.credit.base import credit_needs_of
+from credo.credit.judges import SyntheticJudge
+from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
@@ -38,6 +41,7 @@ from credo.train.checkpoint import Checkpoint, load_into, newest_complete, save_
 from credo.train.evaluate import evaluate
 from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrite_metrics
 from credo.train.optim import lr_at, make_optimizer, set_lr
+from credo.train.credit_inputs import CreditSources
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
 from credo.train.sft import run_warmup
 
@@ -99,6 +103,8 @@ def validate(cfg: TrainConfig) -> None:
     KL_ESTIMATORS.get(cfg.rl.kl_estimator)
     if cfg.rl.loss_reduction not in REDUCTIONS:
         raise CredoError(f"unknown rl.loss_reduction {cfg.rl.loss_reduction!r}; valid: {', '.join(REDUCTIONS)}")
+    if cfg.rl.critic_kind not in CRITIC_KINDS:
+        raise CredoError(f"unknown rl.critic_kind {cfg.rl.critic_kind!r}; valid: {', '.join(CRITIC_KINDS)}")
     if cfg.model.precision not in PRECISIONS:
         raise CredoError(f"unknown model.precision {cfg.model.precision!r}; valid: {', '.join(PRECISIONS)}")
     for name in ("prompts_per_step", "group_size", "minibatches", "epochs", "micro_batch_size"):
@@ -206,8 +212,9 @@ def rl_context(run: Run) -> RLContext:
         temperature = run.sampling.temperature if run.sampling.temperature > 0 else 1.0
         objective = wire_internal_policy(objective, run.model, temperature=temperature)
     credit = bind_params(CREDIT.get(rl.credit), {}, rl.credit_params, "credit estimator")
+    credit_needs = credit_needs_of(credit)
     # the reference is the policy as RL starts (after warm-up), frozen
-    wants_ref = (rl.kl_coef or 0.0) > 0 or "ref" in needs_of(objective)
+    wants_ref = (rl.kl_coef or 0.0) > 0 or "ref" in needs_of(objective) or "ref_logprobs" in credit_needs
     ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if wants_ref else None
     settings = UpdateSettings(
         reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
@@ -218,16 +225,32 @@ def rl_context(run: Run) -> RLContext:
         entropy_coef=rl.entropy_coef,
     )
     optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
+    critic = critic_opt = None
+    if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
+        critic = ValueModel(run.model, kind=rl.critic_kind)
+        critic_opt = critic_optimizer(critic, rl.critic_lr)
     if run.resumed is not None and run.resumed.state.get("stage") == "rl":
-        load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model)
+        load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model,
+                  critic=critic, critic_optimizer=critic_opt)
+    sources = CreditSources(
+        model=run.model, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
+        judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
+        probe_samples=rl.probe_samples, temperature=settings.temperature, autocast_dtype=run.dtype,
+        micro_batch_size=rl.micro_batch_size, critic=critic)
+    critic_settings = CriticSettings(lr=rl.critic_lr, value_clip=rl.value_clip, epochs=rl.epochs,
+                                     minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
+                                     max_grad_norm=rl.max_grad_norm)
     return RLContext(run.model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
-                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling))
+                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling), credit_name=rl.credit,
+                     credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
+                     critic_settings=critic_settings)
 
 
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
     save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
                     optimizer=ctx.optimizer, ref_model=ctx.ref_model,
+                    critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
                     state={"stage": "rl", "rl_step": steps_done})
 
 

@@ -1,0 +1,260 @@
+"""Build `CreditInputs` for a token-level credit estimator from a rollout batch, filling only what the
+estimator declares (`credit.base.token_level(needs=...)`), so outcome-level runs pay for nothing.
+
+Where each field comes from in training:
+- logprobs: the trainer's recomputed behaviour logprobs (also reused by the update, not recomputed);
+- ref_logprobs: the frozen reference model (loaded when the estimator needs it);
+- entropy / hidden_states: one no-grad forward of the policy; hidden_states[b, t] is the final hidden
+  state at t - 1, the one whose logits scored token t;
+- steps: multi-turn tasks: the policy turns; single-turn: lines of the completion (a step ends at a
+  token whose text contains a newline), as PURE splits at "\\n\\n";
+- step_rewards: multi-turn tasks: the environment's per-turn rewards; single-turn: the configured
+  judge (`SyntheticJudge` with rl.judge_noise / judge_bias / judge_flip) on the task's true step scores
+  (`task.step_truth(example, steps)`; a task without it gets the outcome as every step's truth:
+  +1 for a correct answer, -1 otherwise, i.e. an outcome-only judge);
+- step_keys: multi-turn: the observation before each turn; single-turn: the completion text before
+  the step (identical prefixes are identical states);
+- values: the critic (`credo.critic`);
+- attention: the policy's last-layer attention averaged over heads (an eager forward);
+- probe: Monte Carlo continuations with the rollout engine (rl.probe_samples per call, counted);
+- extras: per-estimator providers in `EXTRAS_PROVIDERS` (name -> fn(ProbeContext) -> dict).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from credo.batch import RolloutBatch
+from credo.credit.base import CreditInputs, credit_needs_of, steps_from_boundaries
+from credo.credit.judges import SyntheticJudge
+from credo.logprobs import policy_outputs
+from credo.rollout.base import Completion, SamplingParams
+from credo.rollout.torch_engine import autocast_context
+from credo.tasks.base import Example
+
+
+@dataclass
+class CreditSources:
+    """What the runner binds once for building credit inputs."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: Any
+    task: Any
+    sampling: SamplingParams
+    judge: SyntheticJudge
+    probe_samples: int = 4
+    temperature: float = 1.0
+    autocast_dtype: torch.dtype | None = None
+    micro_batch_size: int = 32
+    critic: Any = None
+    counters: dict[str, int] = field(default_factory=lambda: {"probe_rollouts": 0, "judge_calls": 0})
+
+
+@dataclass
+class StepContext:
+    """The raw material of one rollout batch, handed to extras providers."""
+
+    sources: CreditSources
+    batch: RolloutBatch
+    completions: Sequence[Completion]
+    examples: Sequence[Example]  # examples[b]: the example of row b
+
+
+# name of a credit estimator -> fn(StepContext) -> extras dict (filled as estimators need them)
+EXTRAS_PROVIDERS: dict[str, Callable[[StepContext], dict[str, Any]]] = {}
+
+
+def _token_texts(tokenizer, ids: Sequence[int], cache: dict[int, str]) -> list[str]:
+    out = []
+    for i in ids:
+        if i not in cache:
+            cache[i] = tokenizer.decode([i])
+        out.append(cache[i])
+    return out
+
+
+def line_steps(batch: RolloutBatch, tokenizer) -> torch.Tensor:
+    """step_ids [B, T]: a step ends at a loss token whose text contains a newline."""
+    cache: dict[int, str] = {}
+    ends = torch.zeros_like(batch.loss_mask)
+    for b in range(len(batch)):
+        cols = torch.nonzero(batch.loss_mask[b]).flatten().tolist()
+        texts = _token_texts(tokenizer, batch.tokens[b, cols].tolist(), cache)
+        for c, text in zip(cols, texts):
+            ends[b, c] = "\n" in text
+    return steps_from_boundaries(batch.loss_mask, ends)
+
+
+def turn_steps(batch: RolloutBatch, completions: Sequence[Completion]) -> torch.Tensor:
+    """step_ids [B, T] from the multi-turn driver's turn spans (Completion.meta["turn_spans"])."""
+    step_ids = torch.full(batch.tokens.shape, -1, dtype=torch.long)
+    for b, c in enumerate(completions):
+        p = len(c.prompt_ids)
+        for k, (start, end) in enumerate(c.meta.get("turn_spans", [])):
+            step_ids[b, p + start: p + end] = k
+    return torch.where(batch.loss_mask, step_ids, torch.full_like(step_ids, -1))
+
+
+def step_texts(batch: RolloutBatch, step_ids: torch.Tensor, tokenizer) -> list[list[str]]:
+    """The decoded text of every step of every row."""
+    out = []
+    for b in range(len(batch)):
+        k = int(step_ids[b].max()) + 1
+        out.append([tokenizer.decode(batch.tokens[b][step_ids[b] == j].tolist()) for j in range(max(k, 0))])
+    return out
+
+
+def _nan_padded(rows: Sequence[Sequence[float]]) -> torch.Tensor:
+    k = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), k), float("nan"), dtype=torch.float32)
+    for b, r in enumerate(rows):
+        if len(r):
+            out[b, : len(r)] = torch.tensor([float(x) for x in r], dtype=torch.float32)
+    return out
+
+
+def judged_step_rewards(ctx: StepContext, texts: list[list[str]]) -> torch.Tensor:
+    """[B, K]: the judge's score of each step against the task's true step scores."""
+    src = ctx.sources
+    truth_fn = getattr(src.task, "step_truth", None)
+    rows = []
+    for b, steps in enumerate(texts):
+        example = ctx.examples[b]
+        if truth_fn is not None:
+            truth = truth_fn(example, steps)
+        else:  # an outcome-only judge: every step inherits the verdict on the answer
+            truth = [1.0 if float(ctx.batch.rewards[b]) > 0 else -1.0] * len(steps)
+        rows.append(src.judge.score(example.prompt, steps, truth))
+        src.counters["judge_calls"] += len(steps)
+    return _nan_padded(rows)
+
+
+def mc_probe(ctx: StepContext) -> Callable[[int, int], float]:
+    """probe(b, t): mean reward of `probe_samples` continuations of row b's prefix tokens[b, :t]."""
+    src, batch = ctx.sources, ctx.batch
+    cache: dict[tuple[int, int], float] = {}
+
+    def probe(b: int, t: int) -> float:
+        if (b, t) in cache:
+            return cache[(b, t)]
+        completion = ctx.completions[b]
+        p = len(completion.prompt_ids)
+        prefix = batch.tokens[b, :t].tolist()
+        done = completion.token_ids[: max(t - p, 0)]
+        budget = src.sampling.max_new_tokens - len(done)
+        if budget <= 0:  # nothing left to sample: the prefix is the whole response
+            value = float(batch.rewards[b])
+        else:
+            params = SamplingParams(src.sampling.temperature, src.sampling.top_p, src.sampling.top_k,
+                                    budget, src.sampling.stop)
+            seed = hash((b, t, int(batch.tokens[b].sum()))) % (2**31)
+            conts = src.engine.generate([prefix], src.probe_samples, params, seed=seed)[0]
+            head = src.tokenizer.decode(done, skip_special_tokens=True)
+            rewards = []
+            for cont in conts:
+                try:
+                    rewards.append(float(src.task.score(head + cont.text, ctx.examples[b]).reward))
+                except Exception:  # a verifier must not crash training; score it as a failure
+                    rewards.append(0.0)
+            src.counters["probe_rollouts"] += len(conts)
+            value = sum(rewards) / len(rewards)
+        cache[(b, t)] = value
+        return value
+
+    return probe
+
+
+@torch.no_grad()
+def _forward_extras(ctx: StepContext, want: set[str]) -> dict[str, torch.Tensor]:
+    """entropy [B, T] and/or last-layer hidden states [B, T, H] of the policy, no grad."""
+    src, batch = ctx.sources, ctx.batch
+    out: dict[str, torch.Tensor] = {}
+    needs = frozenset({"entropy"} | ({"hidden_states"} if "hidden_states" in want else set()))
+    ent = torch.zeros(batch.tokens.shape, dtype=torch.float32)
+    hid = None
+    for rows in torch.arange(len(batch)).split(src.micro_batch_size):
+        part = batch.select(rows)
+        with autocast_context(src.autocast_dtype, part.tokens.device):
+            po = policy_outputs(src.model, part.tokens, part.attention_mask, part.loss_mask,
+                                temperature=src.temperature, needs=needs)
+        width = part.tokens.shape[1]
+        ent[rows, :width] = po.entropy.float()
+        if "hidden_states" in want:
+            h = po.hidden_states[-1].float()
+            if hid is None:
+                hid = torch.zeros(*batch.tokens.shape, h.shape[-1])
+            hid[rows, 1:width] = h[:, : width - 1]  # the state that scored token t sits at t - 1
+    if "entropy" in want:
+        out["entropy"] = ent
+    if "hidden_states" in want:
+        out["hidden_states"] = hid
+    return out
+
+
+@torch.no_grad()
+def last_layer_attention(ctx: StepContext) -> torch.Tensor:
+    """attention [B, T, T]: the policy's last-layer attention averaged over heads (an eager-attention
+    forward, since fused kernels do not return attention weights; the model's kernel is restored)."""
+    src, batch = ctx.sources, ctx.batch
+    model = src.model
+    before = model.config._attn_implementation
+    B, T = batch.tokens.shape
+    out = torch.zeros(B, T, T, dtype=torch.float32)
+    try:
+        model.set_attn_implementation("eager")
+        for rows in torch.arange(B).split(src.micro_batch_size):
+            part = batch.select(rows)
+            w = part.tokens.shape[1]
+            with autocast_context(src.autocast_dtype, part.tokens.device):
+                att = model(input_ids=part.tokens, attention_mask=part.attention_mask,
+                            output_attentions=True).attentions[-1]
+            out[rows, :w, :w] = att.float().mean(1)
+    finally:
+        model.set_attn_implementation(before)
+    return out
+
+
+def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> CreditInputs:
+    """CreditInputs with every field the estimator declares, and nothing else."""
+    needs = set(credit_needs_of(credit))
+    batch = ctx.batch
+    multi_turn = any("turn_spans" in c.meta for c in ctx.completions)
+    fields: dict[str, Any] = {}
+    if "logprobs" in needs:
+        fields["logprobs"] = batch.behaviour_logprobs
+    if "ref_logprobs" in needs:
+        fields["ref_logprobs"] = batch.ref_logprobs
+    if needs & {"entropy", "hidden_states"}:
+        fields.update(_forward_extras(ctx, needs))
+    if needs & {"steps", "step_rewards", "step_keys"}:
+        step_ids = turn_steps(batch, ctx.completions) if multi_turn else line_steps(batch, ctx.sources.tokenizer)
+        fields["step_ids"] = step_ids
+        if "step_rewards" in needs:
+            if multi_turn:
+                fields["step_rewards"] = _nan_padded([c.meta.get("turn_rewards", []) for c in ctx.completions])
+            else:
+                fields["step_rewards"] = judged_step_rewards(ctx, step_texts(batch, step_ids, ctx.sources.tokenizer))
+        if "step_keys" in needs:
+            if multi_turn:
+                fields["step_keys"] = [list(c.meta.get("turn_keys", [])) for c in ctx.completions]
+            else:
+                texts = step_texts(batch, step_ids, ctx.sources.tokenizer)
+                fields["step_keys"] = [["".join(steps[:k]) for k in range(len(steps))] for steps in texts]
+    if "values" in needs:
+        fields["values"] = batch.values
+    if "attention" in needs:
+        fields["attention"] = last_layer_attention(ctx)
+    if "probe" in needs:
+        fields["probe"] = mc_probe(ctx)
+    if "extras" in needs:
+        provider = EXTRAS_PROVIDERS.get(name)
+        if provider is None:
+            raise ValueError(f"credit estimator {name} needs method-specific extras, and training has no "
+                             f"provider for them yet (credo.train.credit_inputs.EXTRAS_PROVIDERS)")
+        fields["extras"] = provider(ctx)
+    return CreditInputs(rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask,
+                        tokens=batch.tokens, **fields)
