@@ -140,6 +140,11 @@ class RLConfig:
     """AdamW learning rate of the value model."""
     value_clip: float | None = 0.5
     """Clip range of the value loss around the values at collection time (verl 0.5); unset = no clip."""
+    phase_marker: str = "<answer>"
+    """F-GRPO: the text that starts the second (ranking / answer) phase of a completion."""
+    dpo_model: str = ""
+    """RTO: the frozen DPO-trained model whose token log-ratio is the dense reward (a folder, a credo
+    checkpoint or a preset name)."""
     objective_params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the objective."""
     credit_params: dict[str, Any] = field(default_factory=dict)

@@ -30,7 +30,7 @@ import torch
 from credo.batch import RolloutBatch
 from credo.credit.base import CreditInputs, credit_needs_of, steps_from_boundaries
 from credo.credit.judges import SyntheticJudge
-from credo.logprobs import policy_outputs
+from credo.logprobs import policy_outputs, token_logprobs
 from credo.rollout.base import Completion, SamplingParams
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example
@@ -51,6 +51,9 @@ class CreditSources:
     autocast_dtype: torch.dtype | None = None
     micro_batch_size: int = 32
     critic: Any = None
+    phase_marker: str = "<answer>"
+    dpo_model: str = ""
+    cache: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: {"probe_rollouts": 0, "judge_calls": 0})
 
 
@@ -66,6 +69,16 @@ class StepContext:
 
 # name of a credit estimator -> fn(StepContext) -> extras dict (filled as estimators need them)
 EXTRAS_PROVIDERS: dict[str, Callable[[StepContext], dict[str, Any]]] = {}
+# name of a credit estimator -> fn(StepContext) -> step_ids [B, T], for estimators whose "steps" are
+# not lines or turns (F-GRPO's phases)
+STEP_PROVIDERS: dict[str, Callable[[StepContext], torch.Tensor]] = {}
+
+
+def _provides(table: dict, name: str):
+    def register(fn):
+        table[name] = fn
+        return fn
+    return register
 
 
 def _token_texts(tokenizer, ids: Sequence[int], cache: dict[int, str]) -> list[str]:
@@ -231,7 +244,12 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
     if needs & {"entropy", "hidden_states"}:
         fields.update(_forward_extras(ctx, needs))
     if needs & {"steps", "step_rewards", "step_keys"}:
-        step_ids = turn_steps(batch, ctx.completions) if multi_turn else line_steps(batch, ctx.sources.tokenizer)
+        if name in STEP_PROVIDERS:
+            step_ids = STEP_PROVIDERS[name](ctx)
+        elif multi_turn:
+            step_ids = turn_steps(batch, ctx.completions)
+        else:
+            step_ids = line_steps(batch, ctx.sources.tokenizer)
         fields["step_ids"] = step_ids
         if "step_rewards" in needs:
             if multi_turn:
@@ -258,3 +276,69 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
         fields["extras"] = provider(ctx)
     return CreditInputs(rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask,
                         tokens=batch.tokens, **fields)
+
+
+# -- method-specific inputs -------------------------------------------------------------------------
+
+
+@_provides(STEP_PROVIDERS, "f_grpo")
+def phase_steps(ctx: StepContext) -> torch.Tensor:
+    """F-GRPO's two phases: 0 (candidate generation) before the first token at which the completion's
+    text contains `phase_marker` (default "<answer>": the reasoning, then the answer), 1 from there on."""
+    marker = ctx.sources.phase_marker
+    cache: dict[int, str] = {}
+    batch = ctx.batch
+    step_ids = torch.full(batch.tokens.shape, -1, dtype=torch.long)
+    for b in range(len(batch)):
+        cols = torch.nonzero(batch.loss_mask[b]).flatten().tolist()
+        text, phase = "", 0
+        for c, piece in zip(cols, _token_texts(ctx.sources.tokenizer, batch.tokens[b, cols].tolist(), cache)):
+            text += piece
+            if phase == 0 and marker in text:
+                phase = 1
+            step_ids[b, c] = phase
+    return step_ids
+
+
+@_provides(EXTRAS_PROVIDERS, "f_grpo")
+def phase_rewards(ctx: StepContext) -> dict[str, Any]:
+    """phase_rewards [B, 2]: the task's `phase_scores(example, completion) -> (coverage, utility)` when
+    it has one; otherwise (format reward, outcome reward): the first phase is judged on producing a
+    well-formed answer, the second on the answer itself."""
+    task = ctx.sources.task
+    rows = []
+    for b, completion in enumerate(ctx.completions):
+        example = ctx.examples[b]
+        try:
+            if hasattr(task, "phase_scores"):
+                rows.append([float(x) for x in task.phase_scores(example, completion.text)])
+            else:
+                score = task.score(completion.text, example)
+                rows.append([float(score.formatted), float(score.reward)])
+        except Exception:  # model output must never crash training: a failed verifier scores 0
+            rows.append([0.0, 0.0])
+    return {"phase_rewards": torch.tensor(rows, dtype=torch.float32).nan_to_num(0.0)}
+
+
+@_provides(EXTRAS_PROVIDERS, "rto")
+def dpo_logprobs(ctx: StepContext) -> dict[str, Any]:
+    """dpo_logprobs [B, T]: the sampled tokens scored by RTO's frozen DPO model (`rl.dpo_model`: a
+    model folder, a credo checkpoint or a preset name), loaded once."""
+    src = ctx.sources
+    if not src.dpo_model:
+        raise ValueError("credit estimator rto needs a DPO-trained model: set rl.dpo_model to its folder "
+                         "(a Hugging Face folder or a credo checkpoint)")
+    if "dpo_model" not in src.cache:
+        from credo.models import load_policy
+
+        src.cache["dpo_model"] = load_policy(src.dpo_model).model.eval().requires_grad_(False)
+    model, batch = src.cache["dpo_model"], ctx.batch
+    out = torch.zeros(batch.tokens.shape, dtype=torch.float32)
+    with torch.no_grad():
+        for rows in torch.arange(len(batch)).split(src.micro_batch_size):
+            part = batch.select(rows)
+            with autocast_context(src.autocast_dtype, part.tokens.device):
+                lp = token_logprobs(model, part.tokens, part.attention_mask, part.loss_mask,
+                                    temperature=src.temperature)
+            out[rows, : part.tokens.shape[1]] = lp.float()
+    return {"dpo_logprobs": out}

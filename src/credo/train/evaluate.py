@@ -78,6 +78,21 @@ def too_long(prompts: Sequence[Sequence[int]], max_prompt_tokens: int | None) ->
     return [i for i, p in enumerate(prompts) if len(p) > max_prompt_tokens]
 
 
+def generate_groups(engine: RolloutEngine, tokenizer, task: Task, examples: Sequence[Example],
+                    prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int,
+                    max_prompt_tokens: int | None = None) -> list[list]:
+    """n completions per prompt: one engine call for single-turn tasks; the turn-by-turn driver
+    (rollout/multiturn.py) for tasks with an environment (reset / step), whose completions hold the
+    whole transcript with environment tokens marked untrainable."""
+    from credo.rollout.multiturn import generate_multiturn, is_multiturn
+
+    if not is_multiturn(task):
+        return engine.generate(prompts, n, sampling, seed=seed)
+    context = None if max_prompt_tokens is None else max_prompt_tokens + sampling.max_new_tokens
+    return generate_multiturn(engine, tokenizer, task, examples, prompts, n, sampling, seed,
+                              max_context_tokens=context)
+
+
 def evaluate(
     engine: RolloutEngine,
     tokenizer,
@@ -102,7 +117,8 @@ def evaluate(
         drop = set(too_long(prompts, max_prompt_tokens))
         skipped += len(drop)
         chunk = [ex for i, ex in enumerate(chunk) if i not in drop]
-        groups = engine.generate([p for i, p in enumerate(prompts) if i not in drop], 1, greedy, seed)
+        groups = generate_groups(engine, tokenizer, task, chunk, [p for i, p in enumerate(prompts) if i not in drop],
+                                 1, greedy, seed, max_prompt_tokens)
         for ex, (completion,) in zip(chunk, groups):
             score, _ = safe_score(task, completion.text, ex)
             correct += score.correct

@@ -28,7 +28,7 @@ from credo.tasks.base import Example, Task
 from credo.credit.base import credit_needs_of, is_token_level
 from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
-from credo.train.evaluate import encode_prompts, pad_token_id, safe_score, too_long
+from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
 
 
 def bind_params(fn: Callable, common: dict[str, Any], extra: dict[str, Any], what: str) -> Callable:
@@ -263,6 +263,8 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
     before = dict(sources.counters)
     inputs = build_credit_inputs(StepContext(sources, batch, completions, row_examples), ctx.credit, ctx.credit_name)
     advantages = ctx.credit(inputs)
+    if inputs.step_ids is not None:  # segment objectives (F-GRPO's phases) read the same segmentation
+        batch.segment_ids = inputs.step_ids
     if tuple(advantages.shape) != tuple(batch.loss_mask.shape):
         raise ValueError(f"credit estimator {ctx.credit_name} returned shape {tuple(advantages.shape)}, "
                          f"expected [B, T] = {tuple(batch.loss_mask.shape)}")
@@ -284,7 +286,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
         prompts = [p for i, p in enumerate(prompts) if i not in drop]
         if not examples:
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0}
-    groups = ctx.engine.generate(prompts, ctx.group_size, ctx.sampling, seed=ctx.seed * 1_000_003 + step)
+    groups = generate_groups(ctx.engine, ctx.tokenizer, ctx.task, examples, prompts, ctx.group_size, ctx.sampling,
+                             ctx.seed * 1_000_003 + step, ctx.max_prompt_tokens)
     t_gen = time.perf_counter()
     maybe_die("rollout")
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)

@@ -236,7 +236,8 @@ def rl_context(run: Run) -> RLContext:
         model=run.model, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
         probe_samples=rl.probe_samples, temperature=settings.temperature, autocast_dtype=run.dtype,
-        micro_batch_size=rl.micro_batch_size, critic=critic)
+        micro_batch_size=rl.micro_batch_size, critic=critic, phase_marker=rl.phase_marker,
+        dpo_model=rl.dpo_model)
     critic_settings = CriticSettings(lr=rl.critic_lr, value_clip=rl.value_clip, epochs=rl.epochs,
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
