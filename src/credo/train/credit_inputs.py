@@ -342,3 +342,31 @@ def dpo_logprobs(ctx: StepContext) -> dict[str, Any]:
                                     temperature=src.temperature)
             out[rows, : part.tokens.shape[1]] = lp.float()
     return {"dpo_logprobs": out}
+
+
+@_provides(EXTRAS_PROVIDERS, "spo_tree")
+def spo_tree_from_tokens(ctx: StepContext) -> dict[str, Any]:
+    """No sampled tree: the estimator builds it from the group's shared token prefixes (fixed segment
+    length), so the trainer passes nothing extra."""
+    return {}
+
+
+BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@_provides(EXTRAS_PROVIDERS, "brpo")
+def budget_probes(ctx: StepContext) -> dict[str, Any]:
+    """BRPO's budgets: the response is cut at BUDGET_FRACTIONS of its length; each cut is scored by
+    Monte Carlo continuations from the cut (the forced answer; counted as probe rollouts), the full
+    response by its own reward. budget_scores [B, S], budget_positions [B, S] (tokens[b, :pos] kept)."""
+    batch, probe = ctx.batch, mc_probe(ctx)
+    B, S = len(batch), len(BUDGET_FRACTIONS)
+    scores = torch.zeros(B, S, dtype=torch.float32)
+    positions = torch.zeros(B, S, dtype=torch.long)
+    for b, completion in enumerate(ctx.completions):
+        start, length = len(completion.prompt_ids), len(completion.token_ids)
+        for s, frac in enumerate(BUDGET_FRACTIONS):
+            cut = start + int(round(frac * length))
+            positions[b, s] = cut
+            scores[b, s] = float(batch.rewards[b]) if cut >= start + length else probe(b, cut)
+    return {"budget_scores": scores, "budget_positions": positions}
