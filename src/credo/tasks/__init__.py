@@ -9,6 +9,7 @@ from credo.tasks.arithmetic import ArithmeticTask
 from credo.tasks.base import Example, Score, Task, render_prompt, split_of
 from credo.tasks.countdown import CountdownTask
 from credo.tasks.jsonl import JsonlTask
+from credo.tasks.keyvalue import KeyValueTask
 from credo.tasks.knights import KnightsKnavesTask
 
 TASKS: Registry = Registry("task")
@@ -16,6 +17,7 @@ TASKS.register("arith")(ArithmeticTask)
 TASKS.register("countdown")(CountdownTask)
 TASKS.register("knights")(KnightsKnavesTask)
 TASKS.register("jsonl")(JsonlTask)
+TASKS.register("keyvalue")(KeyValueTask)
 
 
 def make_task(name: str, **params: Any) -> Task:
@@ -30,6 +32,7 @@ def make_task(name: str, **params: Any) -> Task:
 
 
 __all__ = [
+    "KeyValueTask",
     "TASKS",
     "ArithmeticTask",
     "CountdownTask",

@@ -32,6 +32,7 @@ from credo.credit.base import CreditInputs, credit_needs_of, steps_from_boundari
 from credo.credit.judges import SyntheticJudge
 from credo.logprobs import policy_outputs, token_logprobs
 from credo.rollout.base import Completion, SamplingParams
+from credo.rollout.multiturn import turn_step_ids, turn_step_keys, turn_step_rewards
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example
 
@@ -100,16 +101,6 @@ def line_steps(batch: RolloutBatch, tokenizer) -> torch.Tensor:
         for c, text in zip(cols, texts):
             ends[b, c] = "\n" in text
     return steps_from_boundaries(batch.loss_mask, ends)
-
-
-def turn_steps(batch: RolloutBatch, completions: Sequence[Completion]) -> torch.Tensor:
-    """step_ids [B, T] from the multi-turn driver's turn spans (Completion.meta["turn_spans"])."""
-    step_ids = torch.full(batch.tokens.shape, -1, dtype=torch.long)
-    for b, c in enumerate(completions):
-        p = len(c.prompt_ids)
-        for k, (start, end) in enumerate(c.meta.get("turn_spans", [])):
-            step_ids[b, p + start: p + end] = k
-    return torch.where(batch.loss_mask, step_ids, torch.full_like(step_ids, -1))
 
 
 def step_texts(batch: RolloutBatch, step_ids: torch.Tensor, tokenizer) -> list[list[str]]:
@@ -247,18 +238,20 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
         if name in STEP_PROVIDERS:
             step_ids = STEP_PROVIDERS[name](ctx)
         elif multi_turn:
-            step_ids = turn_steps(batch, ctx.completions)
+            step_ids = turn_step_ids(ctx.completions, batch)
         else:
             step_ids = line_steps(batch, ctx.sources.tokenizer)
         fields["step_ids"] = step_ids
         if "step_rewards" in needs:
             if multi_turn:
-                fields["step_rewards"] = _nan_padded([c.meta.get("turn_rewards", []) for c in ctx.completions])
+                fields["step_rewards"] = turn_step_rewards(ctx.completions)
             else:
                 fields["step_rewards"] = judged_step_rewards(ctx, step_texts(batch, step_ids, ctx.sources.tokenizer))
+            if name in STEP_REWARD_TRANSFORMS:
+                fields["step_rewards"] = STEP_REWARD_TRANSFORMS[name](fields["step_rewards"])
         if "step_keys" in needs:
             if multi_turn:
-                fields["step_keys"] = [list(c.meta.get("turn_keys", [])) for c in ctx.completions]
+                fields["step_keys"] = turn_step_keys(ctx.completions)
             else:
                 texts = step_texts(batch, step_ids, ctx.sources.tokenizer)
                 fields["step_keys"] = [["".join(steps[:k]) for k in range(len(steps))] for steps in texts]
@@ -370,3 +363,70 @@ def budget_probes(ctx: StepContext) -> dict[str, Any]:
             positions[b, s] = cut
             scores[b, s] = float(batch.rewards[b]) if cut >= start + length else probe(b, cut)
     return {"budget_scores": scores, "budget_positions": positions}
+
+
+# step-reward transforms: estimators whose step signal is not the judge's score itself
+STEP_REWARD_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+
+
+def _capo_votes(scores: torch.Tensor) -> torch.Tensor:
+    from credo.credit.process import judge_wrong_fraction
+
+    return judge_wrong_fraction(scores)  # CAPO reads the fraction of critiques calling a step wrong
+
+
+STEP_REWARD_TRANSFORMS["capo"] = _capo_votes
+
+# A small built-in stand-in for HICRA's Strategic-Gram lexicon (the paper mines n-grams offline with
+# a sentence embedder): words that open a plan, a check or a change of course.
+PLANNING_WORDS = frozenset({"first", "then", "next", "so", "therefore", "let", "wait", "check", "verify",
+                            "instead", "because", "step", "plan", "try", "recall", "finally", "but"})
+
+
+@_provides(EXTRAS_PROVIDERS, "hicra_gram")
+def planning_mask(ctx: StepContext) -> dict[str, Any]:
+    """planning_mask [B, T] bool: loss tokens whose text is a planning word (PLANNING_WORDS)."""
+    batch, cache = ctx.batch, {}
+    mask = torch.zeros(batch.tokens.shape, dtype=torch.bool)
+    for b in range(len(batch)):
+        cols = torch.nonzero(batch.loss_mask[b]).flatten().tolist()
+        for c, text in zip(cols, _token_texts(ctx.sources.tokenizer, batch.tokens[b, cols].tolist(), cache)):
+            mask[b, c] = text.strip().lower() in PLANNING_WORDS
+    return {"planning_mask": mask}
+
+
+CONTRAST_SUFFIX = {"pos": " Write the best possible response.", "neg": " Write a wrong response."}
+
+
+@_provides(EXTRAS_PROVIDERS, "t_reg")
+def contrastive_logprobs(ctx: StepContext) -> dict[str, Any]:
+    """T-REG's self-generated token rewards: the sampled completion tokens scored by the policy under
+    the prompt plus CONTRAST_SUFFIX["pos"] and plus ["neg"] (two extra teacher-forced passes)."""
+    from dataclasses import replace as _replace
+
+    from credo.batch import build_batch
+    from credo.train.evaluate import encode_prompts, pad_token_id
+
+    src, batch = ctx.sources, ctx.batch
+    out = {}
+    for side, suffix in CONTRAST_SUFFIX.items():
+        examples = [_replace(ex, prompt=ex.prompt + suffix) for ex in ctx.examples]
+        prompts = encode_prompts(src.tokenizer, src.task, examples)
+        moved = [Completion(p, c.token_ids, c.logprobs, c.trainable, c.finish_reason, c.text)
+                 for p, c in zip(prompts, ctx.completions)]
+        shifted = build_batch(moved, batch.rewards.tolist(), batch.group_ids.tolist(),
+                              pad_id=pad_token_id(src.tokenizer))
+        lp = torch.zeros(shifted.tokens.shape, dtype=torch.float32)
+        with torch.no_grad():
+            for rows in torch.arange(len(shifted)).split(src.micro_batch_size):
+                part = shifted.select(rows)
+                with autocast_context(src.autocast_dtype, part.tokens.device):
+                    lp[rows, : part.tokens.shape[1]] = token_logprobs(
+                        src.model, part.tokens, part.attention_mask, part.loss_mask,
+                        temperature=src.temperature).float()
+        aligned = torch.zeros(batch.tokens.shape, dtype=torch.float32)
+        for b, (c, p) in enumerate(zip(ctx.completions, prompts)):  # back to the batch's positions
+            k = len(c.token_ids)
+            aligned[b, len(c.prompt_ids): len(c.prompt_ids) + k] = lp[b, len(p): len(p) + k]
+        out[f"contrastive_logprobs_{side}"] = torch.where(batch.loss_mask, aligned, torch.zeros_like(aligned))
+    return out
