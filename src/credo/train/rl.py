@@ -276,6 +276,14 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
             **{k: float(v - before.get(k, 0)) for k, v in sources.counters.items()}}
 
 
+def turn_metrics(completions) -> dict[str, float]:
+    """Multi-turn rollouts only: mean policy turns per episode and environment errors."""
+    if not any("turns" in c.meta for c in completions):
+        return {}
+    return {"turns_mean": sum(c.meta.get("turns", 0) for c in completions) / len(completions),
+            "env_errors": float(sum(c.meta.get("env_errors", 0) for c in completions))}
+
+
 def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str, float]:
     """One rollout batch: sample, score, credit, update. Returns the step's metrics."""
     t0 = time.perf_counter()
@@ -322,6 +330,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
         "skipped_prompts": len(drop),
         **update,
         **credit_metrics,
+        **turn_metrics(completions),
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,
