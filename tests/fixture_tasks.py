@@ -33,3 +33,25 @@ class TalkativeParity(KeyValueTask):
     def score(self, completion, example):
         odd = len(completion) % 2 == 1
         return Score(reward=float(odd), correct=odd, formatted=True)
+
+
+def tiny_run(tmp_path, name, *extra, task="parity"):
+    """A 2-step tiny `credo train` run in-process; asserts exit 0, finite losses and real optimizer
+    steps with mixed rewards, and returns the RL metric rows. The task must be registered (tests
+    monkeypatch TASKS)."""
+    import math
+
+    from credo.cli import main
+    from credo.train.logging import read_metrics
+
+    args = ["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--run.name", name,
+            "--run.progress", "false", "--rl.steps", "2", "--run.eval_base", "false", "--task.name", task,
+            "--task.eval_size", "4", "--warmup.steps", "1", "--model.threads", "1", *extra]
+    assert main(args) == 0
+    rl = [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["phase"] == "rl"]
+    assert len(rl) == 2
+    for row in rl:
+        assert math.isfinite(row["loss"]), row
+        assert row["updates"] >= 1 and row["skipped_updates"] == 0, row
+    assert any(0.0 < row["reward_mean"] < 1.0 for row in rl), "the parity task should give mixed rewards"
+    return rl

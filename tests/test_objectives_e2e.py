@@ -6,19 +6,22 @@ torch thread: on a shared 2-core machine two threads fighting another process fo
 a run ~10x slower; the fixture restores the thread count afterwards.
 """
 
-import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from credo.cli import main
-from credo.credit import CREDIT
+from credo.credit import CREDIT, is_token_level
 from credo.objectives import OBJECTIVES
-from credo.tasks import TASKS, Score
-from credo.tasks.arithmetic import ArithmeticTask
-from credo.train.logging import read_metrics
+from credo.tasks import TASKS
 
-NEW_CREDIT = [name for name in CREDIT.names() if name != "grpo"]
+sys.path.insert(0, str(Path(__file__).parent))  # the shared fixtures module (import mode is importlib)
+from fixture_tasks import ParityTask, tiny_run  # noqa: E402
+
+# outcome-level estimators here; token-, step- and turn-level ones in test_credit_e2e.py
+NEW_CREDIT = [name for name in CREDIT.names() if name != "grpo" and not is_token_level(CREDIT.get(name))]
 
 
 @pytest.fixture(autouse=True)
@@ -29,34 +32,16 @@ def restore_threads():
 
 
 # The tiny model has 2 layers; BuPO's default internal layer (6) is for SmolLM2-sized models.
-TINY_PARAMS = {"bupo": ["--rl.objective_params", '{"layer": 1}']}
-
-
-class ParityTask(ArithmeticTask):
-    """Rewards odd-length completions, so a random model gets mixed groups and real gradients."""
-
-    def score(self, completion, example):
-        odd = len(completion) % 2 == 1
-        return Score(reward=float(odd), correct=odd, formatted=True)
+TINY_PARAMS = {"bupo": ["--rl.objective_params", '{"layer": 1}'],
+               # F-GRPO's objective reads the phase ids its own estimator writes (batch.segment_ids)
+               "f_grpo": ["--rl.credit", "f_grpo", "--rl.loss_reduction", "seq_mean_token_mean"],
+               "bn_gspo": ["--rl.credit", "bn_gspo", "--rl.loss_reduction", "seq_mean_token_mean"],
+               "ppo": ["--rl.credit", "gae"]}
 
 
 @pytest.fixture(autouse=True)
 def parity_task(monkeypatch):
     monkeypatch.setitem(TASKS._items, "parity", ParityTask)
-
-
-def tiny_run(tmp_path, name, *extra):
-    args = ["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--run.name", name,
-            "--run.progress", "false", "--rl.steps", "2", "--run.eval_base", "false", "--task.name", "parity",
-            "--task.eval_size", "4", "--warmup.steps", "1", "--model.threads", "1", *extra]
-    assert main(args) == 0
-    rl = [r for r in read_metrics(tmp_path / name / "metrics.jsonl") if r["phase"] == "rl"]
-    assert len(rl) == 2
-    for row in rl:
-        assert math.isfinite(row["loss"]), row
-        assert row["updates"] >= 1 and row["skipped_updates"] == 0, row
-    assert any(0.0 < row["reward_mean"] < 1.0 for row in rl), "the parity task should give mixed rewards"
-    return rl
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
