@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
     p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "tasks", "objectives", "credit"])
     p.set_defaults(func=cmd_list)
+    from credo.creditbench import cli as creditbench_cli
+
+    creditbench_cli.add_parser(sub)  # `credo creditbench`: estimators against exactly known credit
     return parser
 
 
