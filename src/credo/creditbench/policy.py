@@ -67,9 +67,11 @@ class TabularPolicy:
         return out.reshape(ctx.shape)
 
     def pg_update(self, ctx: np.ndarray, opt: np.ndarray, adv: np.ndarray, *, lr: float, n_rows: int,
-                  max_norm: float = 5.0) -> float:
+                  max_norm: float = 5.0, normalize: bool = False) -> float:
         """One REINFORCE step from flat arrays of policy tokens (ctx [N], opt [N], adv [N]).
 
+        normalize=True takes a step of length lr along the gradient's direction (logits += lr g/|g|),
+        so estimators are compared on where they point, not on the scale of their advantages.
         Returns the gradient norm before clipping. Non-finite advantages count as 0.
         """
         adv = np.nan_to_num(np.asarray(adv, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -84,7 +86,9 @@ class TabularPolicy:
         grad -= per_ctx[:, None] * p
         grad /= max(n_rows, 1)
         norm = float(np.sqrt(np.sum(grad**2)))
-        if norm > max_norm:
+        if normalize:
+            grad = grad / norm if norm > 1e-12 else grad * 0.0
+        elif norm > max_norm:
             grad *= max_norm / norm
         self.logits = np.where(self.valid, self.logits + lr * grad, self.logits)
         self._cache = None

@@ -82,6 +82,10 @@ class Settings:
     train_iters: int = 40
     lr: float = 3.0
     max_norm: float = 5.0
+    # equal step length for every estimator (lr along the unit gradient): with a fixed lr the advantage
+    # scale would be a hidden step size, and sample efficiency would rank scales, not credit
+    normalize_step: bool = True
+    step_length: float = 1.0
     target_frac: float = 0.5
 
 
@@ -153,7 +157,8 @@ def run_one(name: str, fn: Callable, knob: Knob, seed: int, settings: Settings) 
         adv = advantages(fn, inputs, hp)
         compute += sum(cost.values())
         c, o = _policy_tokens(sample)
-        policy.pg_update(c, o, adv[sample.loss_mask], lr=settings.lr, n_rows=sample.size, max_norm=settings.max_norm)
+        policy.pg_update(c, o, adv[sample.loss_mask], lr=settings.step_length if settings.normalize_step else settings.lr,
+                         n_rows=sample.size, max_norm=settings.max_norm, normalize=settings.normalize_step)
         succ = task.expected_success(policy)
         if succ >= target:
             reached = True
@@ -269,7 +274,8 @@ def markdown_report(result: dict) -> str:
         "# CreditBench results", "",
         f"{len(res)} credit estimators x {len(knobs)} knobs x {len(st['seeds'])} seeds in {result['runtime_s']} s "
         f"(`python -m credo.creditbench.run`). Tabular softmax policy; group size {st['group_size']}; credit metrics "
-        f"on {st['metric_batches']} batch(es) from the initial policy; training: REINFORCE, lr {st['lr']}, "
+        f"on {st['metric_batches']} batch(es) from the initial policy; training: REINFORCE, "
+        f"{'a step of length ' + str(st['step_length']) + ' along the unit gradient (equal for every estimator)' if st.get('normalize_step') else 'lr ' + str(st['lr'])}, "
         f"up to {st['train_iters']} iterations, target = start + {st['target_frac']} x (best - start) exact success.",
         "Cells: mean ± std over seeds. `n/a`: the task cannot provide an input (the summary's status says which); "
         "`error`: see the list at the end.",
@@ -280,8 +286,8 @@ def markdown_report(result: dict) -> str:
               "Means over the knobs where the value exists. Spearman: rank correlation of the estimated and true "
               "per-step advantages; decisive mass: share of |A| on steps whose choice matters; sign error: wrong sign "
               "where A* != 0; filler credit: share of filler steps with non-negligible credit; compute vs GRPO: "
-              "median over knobs of compute-to-target / GRPO's (lower is better); mean |A|: the advantage scale, "
-              "which with a fixed learning rate is also the step size (large-scale estimators learn faster per "
+              "median over knobs of compute-to-target / GRPO's (lower is better); mean |A|: the advantage scale "
+              "(training takes equal-length steps, so the scale does not act as a step size; without that, large-scale estimators would learn faster per "
               "rollout for that reason alone).", "",
               "| estimator | level | Spearman | decisive mass | sign error | filler credit | mean \\|A\\| | compute vs GRPO | status |",
               "|---|---|---|---|---|---|---|---|---|"]
