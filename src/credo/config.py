@@ -74,6 +74,16 @@ class RLConfig:
     """Distinct prompts sampled per step."""
     group_size: int = 4
     """Completions per prompt (G)."""
+    prompt_pool: int = 0
+    """Training prompts to draw from. 0: fresh prompts every step (step s takes a fixed slice of a
+    seeded list, none repeats). N > 0: a pool of N prompts visited in seeded shuffled epochs (each
+    prompt once per epoch, as a dataset), so prompts repeat and stateful credit (SPO's per-prompt
+    tracker) revisits them; the schedule depends only on (run.seed, step), so resume stays exact."""
+    spo_prioritized: bool = False
+    """With a stateful estimator that offers sampling weights (rl.credit = "spo") and prompt_pool > 0:
+    draw each step's prompts from the pool with probability proportional to SPO's
+    sqrt(p_hat (1 - p_hat)) + 0.05 (without replacement unless prompts_per_step > prompt_pool), with a
+    generator seeded from (run.seed, step); the tracker is checkpointed, so resume stays exact."""
     objective: str = "grpo"
     """Policy objective (`credo list objectives`)."""
     credit: str = "grpo"

@@ -10,6 +10,8 @@ Two kinds of estimator share one registry (`CREDIT`):
 
 Signals that need a judge, a PRM, an oracle, a matcher or an extra model are computed *before* the
 estimator, into `step_rewards` (see `credit/judges.py`), so the estimators stay pure functions.
+An outcome-level estimator with memory across steps (SPO's tracker) is marked `stateful`: it reads
+its state as a keyword and the trainer advances, carries and checkpoints it (`CreditState`).
 """
 
 from __future__ import annotations
@@ -118,6 +120,41 @@ def token_level(*, needs: tuple[str, ...] = ()) -> Callable:
     return mark
 
 
+@dataclass(frozen=True)
+class CreditState:
+    """How the trainer carries an outcome-level estimator's state across RL steps (`stateful`).
+
+    The estimator itself stays a pure function that reads the state as its `state=` keyword and
+    receives PERSISTENT prompt ids as its group_ids (the same prompt keeps its id across steps).
+    init() -> the state before the first step.
+    update(state, prompt_ids [B], rewards [B], rows, rescore) -> (new state, metrics): called once per
+        step, before the policy update; rows[b] = (tokens [S] long: prompt + response, scored [S] bool:
+        the loss tokens, logprobs [L] float: behaviour logprobs of the scored tokens, L = scored.sum());
+        rescore(tokens list, scored list) -> current-policy logprobs [L] of stored responses (one
+        forward pass, no gradient). The trainer commits the new state after the update.
+    save(state) -> (JSON-able dict, {name: tensor}); load(dict, tensors) -> state (checkpoints).
+    sampling_weights(state, prompt_ids [P]) -> [P] >= 0: optional prioritised prompt sampling.
+    """
+
+    init: Callable[[], Any]
+    update: Callable[..., tuple[Any, dict[str, float]]]
+    save: Callable[[Any], tuple[dict, dict[str, torch.Tensor]]]
+    load: Callable[[dict, dict[str, torch.Tensor]], Any]
+    sampling_weights: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+
+
+def stateful(**protocol: Callable) -> Callable:
+    """Mark an outcome-level estimator `fn(rewards, group_ids, *, state, **hparams)` whose state the
+    trainer keeps between steps and checkpoints (fields of `CreditState`)."""
+    spec = CreditState(**protocol)
+
+    def mark(fn: Callable) -> Callable:
+        fn.credit_state = spec
+        return fn
+
+    return mark
+
+
 def _unwrap(fn: Callable) -> Callable:
     while isinstance(fn, functools.partial):
         fn = fn.func
@@ -131,6 +168,11 @@ def is_token_level(fn: Callable) -> bool:
 
 def credit_needs_of(fn: Callable) -> frozenset[str]:
     return getattr(_unwrap(fn), "credit_needs", frozenset())
+
+
+def credit_state_of(fn: Callable) -> CreditState | None:
+    """The `stateful` protocol of an estimator (also through functools.partial); None if stateless."""
+    return getattr(_unwrap(fn), "credit_state", None)
 
 
 def steps_from_boundaries(loss_mask: torch.Tensor, step_end: torch.Tensor) -> torch.Tensor:

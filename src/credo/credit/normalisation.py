@@ -9,8 +9,9 @@
 Each registered estimator is rewards [B] + group_ids [B] -> advantages [B] with a plain-Python loop
 reference beside it. The stateful parts (SPO's tracker, OBLR-PO's SNR learning rate) are small state
 classes of tensors / dicts with pure update functions (state in, state out; nothing is mutated), so
-they can be checkpointed. The trainer does not carry state between steps yet: the registered
-estimators take the state as a keyword (default: a fresh state) and the catalog says so.
+they can be checkpointed. SPO is marked `stateful` (credit/base.py): the trainer keeps its tracker
+between steps, passes persistent prompt ids, and writes the tracker into checkpoints. OBLR-PO's
+state is not wired into the trainer yet (its catalog row says so).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from credo.catalog import Entry
-from credo.credit.base import CREDIT
+from credo.credit.base import CREDIT, stateful
 
 
 def _dense(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -190,6 +191,8 @@ class SPOState:
 
     alpha / beta: Beta pseudo-counts of success / failure; last_logprobs: the log-probs [L] of the
     prompt's last response at the time it was stored (to measure how far the policy has moved).
+    last_response: the tokens [S] (prompt + response) of that response and a bool mask [S] of its
+    L scored tokens, so the trainer can rescore it under the current policy (verl keeps the same).
     A prompt missing from alpha starts at the prior (prior_alpha, prior_beta).
     """
 
@@ -198,16 +201,19 @@ class SPOState:
     last_logprobs: dict[int, torch.Tensor] = field(default_factory=dict)
     prior_alpha: float = 0.5
     prior_beta: float = 0.5
+    last_response: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"alpha": dict(self.alpha), "beta": dict(self.beta),
                 "last_logprobs": {k: v.clone() for k, v in self.last_logprobs.items()},
-                "prior_alpha": self.prior_alpha, "prior_beta": self.prior_beta}
+                "prior_alpha": self.prior_alpha, "prior_beta": self.prior_beta,
+                "last_response": {k: (t.clone(), m.clone()) for k, (t, m) in self.last_response.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SPOState":
         return cls(alpha=dict(d["alpha"]), beta=dict(d["beta"]), last_logprobs=dict(d["last_logprobs"]),
-                   prior_alpha=d["prior_alpha"], prior_beta=d["prior_beta"])
+                   prior_alpha=d["prior_alpha"], prior_beta=d["prior_beta"],
+                   last_response=dict(d.get("last_response", {})))
 
 
 def spo_init_state(
@@ -266,6 +272,7 @@ def spo_update(
     rewards: torch.Tensor,
     rho: dict[int, float] | float,
     new_logprobs: dict[int, torch.Tensor] | None = None,
+    new_responses: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> SPOState:
     """One tracker step (returns a new state; `state` is not modified).
 
@@ -274,10 +281,11 @@ def spo_update(
     Per prompt k of the batch: alpha <- rho alpha + sum_{i: k} r_i ;  beta <- rho beta + sum_{i: k} (1 - r_i)
     (forgetting is applied once per step; with one sample per prompt, as SPO, this is the paper's
     update exactly). new_logprobs: prompt id -> log-probs [L] of its latest response, stored for the
-    next visit's D.
+    next visit's D; new_responses: prompt id -> (tokens [S], scored [S] bool) of that response.
     """
     alpha, beta = dict(state.alpha), dict(state.beta)
     last = dict(state.last_logprobs)
+    responses = dict(state.last_response)
     sums: dict[int, list[float]] = {}
     for k, r in zip(prompt_ids.tolist(), rewards.to(torch.float64).clamp(0.0, 1.0).tolist()):
         acc = sums.setdefault(k, [0.0, 0.0])
@@ -289,8 +297,10 @@ def spo_update(
         beta[k] = f * beta.get(k, state.prior_beta) + fail
     if new_logprobs:
         last.update({k: v.detach().clone() for k, v in new_logprobs.items()})
+    if new_responses:
+        responses.update({k: (t.detach().clone(), m.detach().clone()) for k, (t, m) in new_responses.items()})
     return SPOState(alpha=alpha, beta=beta, last_logprobs=last,
-                    prior_alpha=state.prior_alpha, prior_beta=state.prior_beta)
+                    prior_alpha=state.prior_alpha, prior_beta=state.prior_beta, last_response=responses)
 
 
 def spo_sampling_weights(state: SPOState, prompt_ids: torch.Tensor, *, eps_explore: float = 0.05) -> torch.Tensor:
@@ -303,7 +313,81 @@ def spo_sampling_weights(state: SPOState, prompt_ids: torch.Tensor, *, eps_explo
     return (torch.sqrt(p * (1.0 - p)) + eps_explore).to(torch.float32)
 
 
+def spo_track(
+    state: SPOState,
+    prompt_ids: torch.Tensor,
+    rewards: torch.Tensor,
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    rescore,
+    *,
+    d_half: float = 0.06,
+    rho_min: float = 0.875,
+    rho_max: float = 0.96,
+) -> tuple[SPOState, dict[str, float]]:
+    """One step of the tracker as the trainer runs it (SPO's `stateful` update): (new state, metrics).
+
+    prompt_ids [B] persistent ids, rewards [B]; rows[b] = (tokens [S], scored [S] bool, logprobs [L])
+    of row b's response, logprobs = the behaviour log-probs of its L scored tokens (recomputed by the
+    trainer before the update); rescore(tokens list, scored list) -> the current policy's log-probs
+    [L] of the stored responses. For each prompt k of the batch:
+      D_k = mean_t |stored_k - rescore(stored response of k)|  (first visit: D = 0)
+      rho_k = clip(2^(-D_k / d_half), rho_min, rho_max) ;  then `spo_update` with these rho_k,
+    and row b's response becomes prompt k's stored one (of several rows of one prompt, the last).
+    Defaults (verl recipe): d_half 0.06, rho_min 0.875, rho_max 0.96.
+    Metrics: spo_D and spo_rho (means over the batch's prompts), spo_revisited (fraction of them
+    seen before).
+    """
+    ids = prompt_ids.tolist()
+    unique = sorted(set(ids))
+    seen = [k for k in unique if k in state.last_logprobs and k in state.last_response]
+    current = {}
+    if seen:
+        rescored = rescore([state.last_response[k][0] for k in seen], [state.last_response[k][1] for k in seen])
+        current = dict(zip(seen, rescored))
+    rho, ds = {}, []
+    for k in unique:
+        rho[k], d = spo_rho(state.last_logprobs.get(k) if k in current else None,
+                            current.get(k, torch.empty(0)), d_half=d_half, rho_min=rho_min, rho_max=rho_max)
+        ds.append(d)
+    new_logprobs, new_responses = {}, {}
+    for k, (tokens, scored, logprobs) in zip(ids, rows):
+        new_logprobs[k] = logprobs
+        new_responses[k] = (tokens, scored)
+    new = spo_update(state, prompt_ids, rewards, rho, new_logprobs, new_responses)
+    n = max(len(unique), 1)
+    metrics = {"spo_D": sum(ds) / n, "spo_rho": sum(rho.values()) / n, "spo_revisited": len(seen) / n}
+    return new, metrics
+
+
+def spo_save(state: SPOState) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Checkpoint form: alpha / beta / priors as JSON (keys as strings; floats round-trip exactly),
+    stored responses as tensors named logprobs.<id>, tokens.<id>, scored.<id>."""
+    meta = {"alpha": {str(k): v for k, v in state.alpha.items()},
+            "beta": {str(k): v for k, v in state.beta.items()},
+            "prior_alpha": state.prior_alpha, "prior_beta": state.prior_beta}
+    tensors = {f"logprobs.{k}": v.contiguous() for k, v in state.last_logprobs.items()}
+    for k, (tokens, scored) in state.last_response.items():
+        tensors[f"tokens.{k}"] = tokens.contiguous()
+        tensors[f"scored.{k}"] = scored.contiguous()
+    return meta, tensors
+
+
+def spo_load(meta: dict, tensors: dict[str, torch.Tensor]) -> SPOState:
+    """Inverse of `spo_save`."""
+    def by_id(prefix: str) -> dict[int, torch.Tensor]:
+        return {int(name.split(".", 1)[1]): t for name, t in tensors.items() if name.startswith(prefix + ".")}
+
+    tokens, scored = by_id("tokens"), by_id("scored")
+    return SPOState(alpha={int(k): float(v) for k, v in meta["alpha"].items()},
+                    beta={int(k): float(v) for k, v in meta["beta"].items()},
+                    last_logprobs=by_id("logprobs"), prior_alpha=meta["prior_alpha"],
+                    prior_beta=meta["prior_beta"],
+                    last_response={k: (tokens[k], scored[k].to(torch.bool)) for k in tokens})
+
+
 @CREDIT.register("spo")
+@stateful(init=spo_init_state, update=spo_track, save=spo_save, load=spo_load,
+          sampling_weights=spo_sampling_weights)
 def spo_advantages(
     rewards: torch.Tensor,
     group_ids: torch.Tensor,
@@ -320,8 +404,12 @@ def spo_advantages(
     next batch can be drawn with `spo_sampling_weights`. With state None every prompt is at the prior
     (alpha = beta = 0.5, p_hat = 0.5), so A = whiten(r - 0.5) = whiten(r): REINFORCE++-style.
     A batch of one, or all advantages equal: A = 0.
-    Trainer wiring pending: the trainer neither keeps the state between steps nor passes persistent
-    prompt ids (its group ids are per-step indices), so inside `credo train` this is the stateless form.
+    In the trainer (`stateful`, credit/base.py): group_ids are persistent prompt ids (the index of the
+    prompt in its list; set rl.prompt_pool > 0 so prompts repeat), `state` is the tracker carried
+    across steps; after each step the trainer advances it with `spo_track` (rho from `spo_rho` on the
+    prompt's stored response rescored by the current policy, then `spo_update`) and checkpoints it
+    (`spo_save` / `spo_load`); rl.spo_prioritized draws each step's prompts by `spo_sampling_weights`.
+    The tracker starts at the prior (no offline samples: spo_init_state() with offline_n 0).
     SPO samples ONE response per prompt (rl.group_size 1); more are allowed (each uses its prompt's p_hat).
     Departs from GRPO: no group; the baseline is a tracked per-prompt success probability and the
     scale is the batch std. Loss: the PPO clipped surrogate (objective "grpo").
@@ -511,7 +599,7 @@ CATALOG = [
           "groups; a batch of prompts; rewards in [r_min, r_max]"),
     Entry("spo", "reward minus a per-prompt Beta-tracker baseline, whitened over the batch; loss: objective grpo",
           "Single-stream Policy Optimization (arXiv 2509.13232)", "confirmed",
-          "per-prompt state and persistent prompt ids (trainer wiring pending); 1 sample per prompt"),
+          "per-prompt tracker carried by the trainer (rl.prompt_pool > 0 to revisit prompts); 1 sample per prompt"),
     Entry("oblr", "reward minus the gradient-norm-weighted group mean (the variance-optimal baseline)",
           "OBLR-PO: A Theoretical Framework for Stable RL (arXiv 2511.23310)", "reconstructed",
           "groups; per-sample gradient norms and SNR learning-rate state (trainer wiring pending)"),

@@ -5,6 +5,8 @@ Layout of `checkpoints/<name>/`:
   optimizer.safetensors  AdamW moments and step counts, keyed "<param index>.<state name>"
   rng.safetensors        torch CPU generator state, numpy's MT19937 key
   ref_model.safetensors  the frozen reference model, when the run has one
+  credit_state.safetensors  the tensors of a stateful credit estimator's state (SPO's stored
+                         responses); its JSON part (SPO's alpha / beta) is state.json's "credit_state"
   state.json             counters (stage, RL step), optimizer hyperparameters, python / numpy RNG
                          scalars, task and method state
   manifest.json          SHA-256 of every file above; written last: its presence marks completeness
@@ -110,6 +112,7 @@ def save_checkpoint(
     critic=None,
     critic_optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
+    credit_state: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write a complete checkpoint to `folder` atomically (see the module docstring)."""
     folder = Path(folder)
@@ -133,6 +136,10 @@ def save_checkpoint(
         tensors, groups = _optimizer_tensors(critic_optimizer)
         save_file(tensors, str(tmp / "critic_optimizer.safetensors"))
         full_state["critic_optimizer_param_groups"] = groups
+    if credit_state is not None:  # a stateful credit estimator's state: JSON part + tensors
+        meta, tensors = credit_state
+        save_file(tensors, str(tmp / "credit_state.safetensors"))
+        full_state["credit_state"] = meta
     (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
@@ -192,6 +199,16 @@ def newest_complete(checkpoints_dir: Path) -> tuple[Checkpoint | None, list[str]
         except CredoError as exc:
             skipped.append(str(exc))
     return None, skipped
+
+
+def load_credit_state(checkpoint: Checkpoint) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+    """The (JSON part, tensors) of a stateful credit estimator's state; None if the checkpoint has none."""
+    if "credit_state" not in checkpoint.state:
+        return None
+    path = checkpoint.folder / "credit_state.safetensors"
+    if not path.is_file():
+        raise CredoError(f"checkpoint {checkpoint.folder} is missing credit_state.safetensors")
+    return checkpoint.state["credit_state"], load_file(str(path))
 
 
 def load_into(checkpoint: Checkpoint, *, model, optimizer=None, ref_model=None, critic=None,

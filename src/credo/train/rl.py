@@ -25,7 +25,7 @@ from credo.objectives.reduce import reduce_loss
 from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example, Task
-from credo.credit.base import credit_needs_of, is_token_level
+from credo.credit.base import CreditState, credit_needs_of, is_token_level
 from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
 from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
@@ -229,6 +229,8 @@ class RLContext:
     critic: ValueModel | None = None  # the value model, when the credit estimator reads values
     critic_optimizer: torch.optim.Optimizer | None = None
     critic_settings: CriticSettings | None = None
+    credit_protocol: CreditState | None = None  # a `stateful` estimator: how its state advances
+    credit_state: Any = None  # that state, carried across steps and checkpointed (SPO's tracker)
 
 
 def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
@@ -244,15 +246,22 @@ def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: 
     return completions, scores, group_ids, errors
 
 
-def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples) -> dict[str, float]:
+def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples,
+                  prompt_ids: torch.Tensor | None = None) -> dict[str, float]:
     """Fill batch.advantages [B, T] (and batch.values with a critic) from the credit estimator.
 
     Outcome-level estimators give [B], broadcast over each row's loss tokens; token-level ones get
-    the CreditInputs they declare (train/credit_inputs.py) and return [B, T]. Returns the credit
+    the CreditInputs they declare (train/credit_inputs.py) and return [B, T]. A `stateful` estimator
+    gets the persistent prompt ids [B] as its group ids and the carried state. Returns the credit
     compute spent this step (probe rollouts, judge calls) as metrics.
     """
     if ctx.critic is not None:
         batch.values = compute_values(ctx.critic, batch, ctx.settings.micro_batch_size, ctx.settings.autocast_dtype)
+    if ctx.credit_protocol is not None:
+        ids = batch.group_ids if prompt_ids is None else prompt_ids
+        batch.advantages = broadcast_advantages(ctx.credit(batch.rewards, ids, state=ctx.credit_state),
+                                                batch.loss_mask)
+        return {}
     if not is_token_level(ctx.credit):
         batch.advantages = broadcast_advantages(ctx.credit(batch.rewards, batch.group_ids), batch.loss_mask)
         return {}
@@ -276,6 +285,50 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
             **{k: float(v - before.get(k, 0)) for k, v in sources.counters.items()}}
 
 
+@torch.no_grad()
+def rescore_responses(ctx: RLContext, tokens: list[torch.Tensor], scored: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Current-policy logprobs [L_i] of the scored tokens of stored responses (tokens [S_i] long,
+    scored [S_i] bool), right-padded into micro-batches like the rollout batch."""
+    if not tokens:
+        return []
+    width = max(len(t) for t in tokens)
+    pad = pad_token_id(ctx.tokenizer)
+    ids = torch.full((len(tokens), width), pad, dtype=torch.long)
+    attention = torch.zeros((len(tokens), width), dtype=torch.bool)
+    mask = torch.zeros((len(tokens), width), dtype=torch.bool)
+    for i, (t, m) in enumerate(zip(tokens, scored)):
+        ids[i, : len(t)] = t
+        attention[i, : len(t)] = True
+        mask[i, : len(t)] = m
+    device = next(ctx.model.parameters()).device
+    out = []
+    for micro in torch.arange(len(tokens)).split(ctx.settings.micro_batch_size):
+        with autocast_context(ctx.settings.autocast_dtype, device):
+            logprobs = token_logprobs(ctx.model, ids[micro], attention[micro], mask[micro],
+                                      temperature=ctx.settings.temperature)
+        out += [logprobs[j][mask[i]].float() for j, i in enumerate(micro.tolist())]
+    return out
+
+
+def advance_credit_state(ctx: RLContext, batch: RolloutBatch, prompt_ids: torch.Tensor) -> tuple[Any, dict[str, float]]:
+    """The stateful estimator's next state from this step (called before the policy update, so the
+    stored responses are rescored by the policy that sampled this batch; committed after it).
+
+    Each row hands over its tokens, its loss mask and the behaviour logprobs of its loss tokens: the
+    trainer's recomputed ones (rl.recompute_old_logprobs, computed here for every row and reused by
+    the update), else the sampler's.
+    """
+    if ctx.settings.recompute_old_logprobs and batch.old_logprobs is None:
+        batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, torch.arange(len(batch)), ctx.settings)
+    behaviour = batch.old_logprobs if batch.old_logprobs is not None else batch.sampler_logprobs
+    rows = []
+    for b in range(len(batch)):
+        real = batch.attention_mask[b]
+        rows.append((batch.tokens[b][real], batch.loss_mask[b][real], behaviour[b][batch.loss_mask[b]].float()))
+    return ctx.credit_protocol.update(ctx.credit_state, prompt_ids, batch.rewards, rows,
+                                      lambda tokens, scored: rescore_responses(ctx, tokens, scored))
+
+
 def turn_metrics(completions) -> dict[str, float]:
     """Multi-turn rollouts only: mean policy turns per episode and environment errors."""
     if not any("turns" in c.meta for c in completions):
@@ -284,14 +337,21 @@ def turn_metrics(completions) -> dict[str, float]:
             "env_errors": float(sum(c.meta.get("env_errors", 0) for c in completions))}
 
 
-def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str, float]:
-    """One rollout batch: sample, score, credit, update. Returns the step's metrics."""
+def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
+            prompt_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """One rollout batch: sample, score, credit, update. Returns the step's metrics.
+
+    prompt_ids: the persistent id of each example (its index in the run's prompt list; default: its
+    position in this step), read by stateful credit estimators.
+    """
     t0 = time.perf_counter()
+    prompt_ids = list(range(len(examples))) if prompt_ids is None else list(prompt_ids)
     prompts = encode_prompts(ctx.tokenizer, ctx.task, examples)
     drop = set(too_long(prompts, ctx.max_prompt_tokens))
     if drop:  # skip and count: the step goes on with the prompts that fit
         examples = [ex for i, ex in enumerate(examples) if i not in drop]
         prompts = [p for i, p in enumerate(prompts) if i not in drop]
+        prompt_ids = [k for i, k in enumerate(prompt_ids) if i not in drop]
         if not examples:
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0}
     groups = generate_groups(ctx.engine, ctx.tokenizer, ctx.task, examples, prompts, ctx.group_size, ctx.sampling,
@@ -307,9 +367,15 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example]) -> dict[str,
                 ctx.ref_model, batch.tokens, batch.attention_mask, batch.loss_mask,
                 temperature=ctx.settings.temperature,
             )
-    credit_metrics = assign_credit(ctx, batch, completions, [examples[g] for g in group_ids])
+    row_prompt_ids = torch.tensor([prompt_ids[g] for g in group_ids], dtype=torch.long)
+    credit_metrics = assign_credit(ctx, batch, completions, [examples[g] for g in group_ids], row_prompt_ids)
+    if ctx.credit_protocol is not None:
+        next_state, state_metrics = advance_credit_state(ctx, batch, row_prompt_ids)
+        credit_metrics.update(state_metrics)
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator)
+    if ctx.credit_protocol is not None:
+        ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
     if ctx.critic is not None:
         returns = critic_returns(batch, ctx.credit)
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,

@@ -27,7 +27,7 @@ import torch
 
 from credo.config import TrainConfig, to_dict
 from credo.credit import CREDIT
-from credo.credit.base import credit_needs_of
+from credo.credit.base import credit_needs_of, credit_state_of
 from credo.credit.judges import SyntheticJudge
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
@@ -37,11 +37,12 @@ from credo.objectives.base import needs_of
 from credo.objectives.distribution import wire_internal_policy
 from credo.rollout import SamplingParams, TorchEngine
 from credo.tasks import make_task
-from credo.train.checkpoint import Checkpoint, load_into, newest_complete, save_checkpoint
+from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
 from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrite_metrics
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
+from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
 from credo.train.sft import run_warmup
 
@@ -110,6 +111,15 @@ def validate(cfg: TrainConfig) -> None:
     for name in ("prompts_per_step", "group_size", "minibatches", "epochs", "micro_batch_size"):
         if getattr(cfg.rl, name) < 1:
             raise CredoError(f"rl.{name} must be at least 1, got {getattr(cfg.rl, name)}")
+    if cfg.rl.prompt_pool < 0:
+        raise CredoError(f"rl.prompt_pool must be 0 (fresh prompts) or a pool size, got {cfg.rl.prompt_pool}")
+    if cfg.rl.spo_prioritized:
+        protocol = credit_state_of(CREDIT.get(cfg.rl.credit))
+        if protocol is None or protocol.sampling_weights is None:
+            raise CredoError(f"rl.spo_prioritized needs a stateful estimator with sampling weights "
+                             f"(rl.credit = \"spo\"), not {cfg.rl.credit!r}")
+        if cfg.rl.prompt_pool <= 0:
+            raise CredoError("rl.spo_prioritized draws from a prompt pool: set rl.prompt_pool > 0")
 
 
 def max_prompt_tokens(model, sampling: SamplingParams) -> int | None:
@@ -229,9 +239,17 @@ def rl_context(run: Run) -> RLContext:
     if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
         critic = ValueModel(run.model, kind=rl.critic_kind)
         critic_opt = critic_optimizer(critic, rl.critic_lr)
-    if run.resumed is not None and run.resumed.state.get("stage") == "rl":
+    resumed_rl = run.resumed is not None and run.resumed.state.get("stage") == "rl"
+    if resumed_rl:
         load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model,
                   critic=critic, critic_optimizer=critic_opt)
+    protocol = credit_state_of(credit)  # SPO's tracker: carried across steps, in every RL checkpoint
+    credit_state = None
+    if protocol is not None:
+        saved = load_credit_state(run.resumed) if resumed_rl else None
+        if resumed_rl and saved is None:
+            raise CredoError(f"checkpoint {run.resumed.folder} has no state for credit estimator {rl.credit}")
+        credit_state = protocol.load(*saved) if saved is not None else protocol.init()
     sources = CreditSources(
         model=run.model, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
@@ -245,21 +263,24 @@ def rl_context(run: Run) -> RLContext:
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
                      max_prompt_tokens=max_prompt_tokens(run.model, run.sampling), credit_name=rl.credit,
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
-                     critic_settings=critic_settings)
+                     critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state)
 
 
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
     save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
                     optimizer=ctx.optimizer, ref_model=ctx.ref_model,
                     critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
-                    state={"stage": "rl", "rl_step": steps_done})
+                    state={"stage": "rl", "rl_step": steps_done},
+                    credit_state=None if ctx.credit_protocol is None else ctx.credit_protocol.save(ctx.credit_state))
 
 
 def rl_stage(run: Run) -> None:
     """The RL loop over steps, then evaluation and the final checkpoint."""
     rl = run.cfg.rl
     ctx = rl_context(run)
-    prompts = run.task.examples("train", max(1, rl.steps * rl.prompts_per_step), seed=run.cfg.run.seed)
+    # the persistent id of a prompt is its index in this list (see train/prompts.py)
+    size = rl.prompt_pool if rl.prompt_pool > 0 else max(1, rl.steps * rl.prompts_per_step)
+    prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
     t = time.perf_counter()
     bar = _progress(rl.steps, "RL", run.cfg.run.progress)
@@ -269,7 +290,13 @@ def rl_stage(run: Run) -> None:
         lr = lr_at(step, rl.steps, peak=rl.lr, warmup=rl.lr_warmup_steps, decay=rl.lr_decay,
                    min_ratio=rl.min_lr_ratio)
         set_lr(ctx.optimizer, lr)
-        metrics = rl_step(ctx, step, prompts[step * rl.prompts_per_step : (step + 1) * rl.prompts_per_step])
+        if rl.spo_prioritized:  # weights from the tracker as this step starts (checkpointed)
+            weights = ctx.credit_protocol.sampling_weights(ctx.credit_state, torch.arange(len(prompts)))
+            ids = prioritized_prompt_ids(step, rl.prompts_per_step, weights, run.cfg.run.seed)
+        else:
+            pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
+            ids = scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
+        metrics = rl_step(ctx, step, [prompts[k] for k in ids], ids)
         run.writer.write({"phase": "rl", "step": step, "lr": lr, **metrics})
         bar.update(1)
         nan = float("nan")
