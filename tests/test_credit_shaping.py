@@ -67,6 +67,20 @@ def test_aspo_never_flips_the_sign_and_matches_the_loop(seed):
     assert out[unshaped].tolist() == pytest.approx(a32[unshaped].tolist())
 
 
-def test_aspo_is_a_plain_function_not_a_registered_estimator():
-    # its signal (first code-call positions) is not in the credit signature fn(rewards, group_ids)
-    assert "aspo" not in CREDIT
+def test_registered_aspo_estimator_hand_values():
+    """R = [1, 1, 0, 1] in one group: GRPO A = [0.5, 0.5, -1.5, 0.5] (mean 0.75, unbiased std 0.5).
+    Correct callers: rows 0 and 1 at 0.1 and 0.5 (mean 0.3, population std 0.2, z = -1, +1); the bonus
+    -delta z = +1 / -1 is clipped to 0.5 |A| = 0.25. Row 2 is wrong, row 3 made no call: unchanged."""
+    from credo.credit import CREDIT
+    from credo.credit.base import CreditInputs
+
+    mask = torch.ones(4, 3, dtype=torch.bool)
+    mask[3, 2] = False
+    inputs = CreditInputs(rewards=torch.tensor([1.0, 1.0, 0.0, 1.0]), group_ids=torch.zeros(4, dtype=torch.long),
+                          loss_mask=mask, extras={"first_call_positions": torch.tensor([0.1, 0.5, 0.2, float("nan")])})
+    out = CREDIT.get("aspo")(inputs)
+    expected = torch.tensor([0.75, 0.25, -1.5, 0.5])[:, None] * mask
+    assert torch.allclose(out, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="first_call_positions"):
+        CREDIT.get("aspo")(CreditInputs(rewards=torch.zeros(2), group_ids=torch.zeros(2, dtype=torch.long),
+                                        loss_mask=torch.ones(2, 2, dtype=torch.bool)))

@@ -1,11 +1,10 @@
 """Advantage shaping: functions that adjust already computed advantages with a behavioural signal.
 
 ASPO shapes the advantage, not the reward, so the shaping cannot be washed out (or amplified) by the
-group normalisation and can be bounded relative to the correctness advantage. Its signal (where the
-first code call sits in each response) is not in the credit signature fn(rewards [B], group_ids [B]),
-so ASPO is a plain function here, not a registered estimator: apply it after the credit estimator,
-e.g. `aspo_shape_advantages(grpo_advantages(r, g), r > 0, first_call, g)`, then broadcast.
-It has no catalog row for the same reason (the catalog lists registered estimators).
+group normalisation and can be bounded relative to the correctness advantage. `aspo_shape_advantages`
+is the pure shaping of any [B] advantages; the registered estimator `aspo` applies it to GRPO's
+advantages, reading the first-call positions from `CreditInputs.extras` (in training: the position of
+the first tool call, `<call>`, in each completion; see train/credit_inputs.py).
 """
 
 from __future__ import annotations
@@ -14,6 +13,10 @@ import math
 from typing import Sequence
 
 import torch
+
+from credo.catalog import Entry
+from credo.credit.base import CREDIT, CreditInputs, token_level
+from credo.credit.outcome import grpo_advantages
 
 
 def aspo_shape_advantages(
@@ -90,3 +93,34 @@ def aspo_shape_advantages_loop(
             bound = clip_k * abs(out[i])
             out[i] = out[i] + max(-bound, min(bound, -delta * z))
     return out
+
+
+@CREDIT.register("aspo")
+@token_level(needs=("extras",))
+def aspo_advantages(inputs: CreditInputs, *, delta: float = 1.0, clip_k: float = 0.5, eps: float = 1e-6) -> torch.Tensor:
+    """ASPO: GRPO advantages of correct responses shifted toward early tool calls, clipped by |A|.
+
+    inputs: rewards [B] (correct = reward > 0), group_ids [B], loss_mask [B, T],
+    extras["first_call_positions"] [B] float (relative position of the first tool call in [0, 1];
+    NaN = no call) -> advantages [B, T] float32, each row's shaped advantage on its loss tokens.
+    A = grpo(R);  A_i <- A_i + clip(-delta z_i, -clip_k |A_i|, clip_k |A_i|) over the correct callers of a
+    group (z: standardised call position), as `aspo_shape_advantages`. Defaults delta 1.0, clip_k 0.5.
+    Paper: "Understanding Tool-Integrated Reasoning" (Lin & Xu 2025, arXiv 2508.19201).
+    Status: reconstructed (only "ASPO modifies the advantage directly" is confirmed). Loop reference:
+    `aspo_shape_advantages_loop` over `grpo_advantages_loop`.
+    """
+    inputs.require("extras.first_call_positions", method="aspo")
+    pos = torch.as_tensor(inputs.extras["first_call_positions"], dtype=torch.float64)
+    if tuple(pos.shape) != tuple(inputs.rewards.shape):
+        raise ValueError(f"aspo: extras['first_call_positions'] has shape {tuple(pos.shape)}, expected [B] = "
+                         f"{tuple(inputs.rewards.shape)}")
+    base = grpo_advantages(inputs.rewards, inputs.group_ids)
+    shaped = aspo_shape_advantages(base, inputs.rewards > 0, pos, inputs.group_ids, delta=delta, clip_k=clip_k, eps=eps)
+    return shaped[:, None].to(torch.float32) * inputs.loss_mask.to(torch.float32)
+
+
+CATALOG = [
+    Entry("aspo", "GRPO advantages of correct responses shifted toward early tool calls, bounded by clip_k |A|",
+          "Understanding Tool-Integrated Reasoning (arXiv 2508.19201)", "reconstructed",
+          "groups; first tool-call positions (extras; training: '<call>' in the completion)"),
+]

@@ -430,3 +430,17 @@ def contrastive_logprobs(ctx: StepContext) -> dict[str, Any]:
             aligned[b, len(c.prompt_ids): len(c.prompt_ids) + k] = lp[b, len(p): len(p) + k]
         out[f"contrastive_logprobs_{side}"] = torch.where(batch.loss_mask, aligned, torch.zeros_like(aligned))
     return out
+
+
+TOOL_CALL_MARKER = "<call>"
+
+
+@_provides(EXTRAS_PROVIDERS, "aspo")
+def first_call_positions(ctx: StepContext) -> dict[str, Any]:
+    """first_call_positions [B]: where the first tool call (TOOL_CALL_MARKER) starts in each completion,
+    as a fraction of the completion's text length; NaN when it makes no call."""
+    out = []
+    for c in ctx.completions:
+        at = c.text.find(TOOL_CALL_MARKER)
+        out.append(at / max(len(c.text), 1) if at >= 0 else float("nan"))
+    return {"first_call_positions": torch.tensor(out, dtype=torch.float64)}
