@@ -98,6 +98,13 @@ class RLConfig:
     """"cosine", "linear" or "constant" decay after the warm-up."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of the peak."""
+    snr_lr: bool = False
+    """OBLR-PO's learning rate from the gradient signal-to-noise ratio (any rl.credit; OBLR-PO as the
+    paper states it is rl.credit = "oblr" with rl.snr_lr = true). Each step's minibatch gradients
+    (before clipping; needs rl.minibatches >= 2) give SNR = ||mean g||^2 / mean ||g - mean g||^2, and
+    the next step's lr is the schedule's lr times clamp(EMA(SNR) / first SNR, 0.1, 2)
+    (`oblr_lr_update`); the state is checkpointed, so resume stays exact. Logs snr, lr_scale, lr_base.
+    Off by default: the schedule is reconstructed, not the paper's confirmed one."""
     clip_low: float | None = None
     """Clip range below 1 (ratio floor 1 - clip_low); unset = the objective's paper default
     (0.2 for GRPO / PPO, 3e-4 for GSPO, none for CISPO)."""

@@ -11,7 +11,8 @@ reference beside it. The stateful parts (SPO's tracker, OBLR-PO's SNR learning r
 classes of tensors / dicts with pure update functions (state in, state out; nothing is mutated), so
 they can be checkpointed. SPO is marked `stateful` (credit/base.py): the trainer keeps its tracker
 between steps, passes persistent prompt ids, and writes the tracker into checkpoints. OBLR-PO's
-state is not wired into the trainer yet (its catalog row says so).
+baseline gets per-row gradient norms from the trainer (it has a `grad_sq_norms` keyword), and its
+learning-rate state is carried and checkpointed by the trainer with rl.snr_lr (train/snr.py).
 """
 
 from __future__ import annotations
@@ -481,9 +482,14 @@ def oblr_advantages(
     norms (grad_sq_norms None, or a group whose norms sum to 0) g = 1 and b* is the plain group mean
     (Dr.GRPO's advantage). A group of one: b = 0 (A = R, credo's GRPO convention); a zero-variance
     group: A = 0 exactly.
-    Trainer wiring pending: the trainer's credit call passes rewards and group ids only, so inside
-    `credo train` the norms are absent and this is the group-mean baseline.
-    The learning-rate half of the method is `oblr_snr` / `oblr_lr_update` (state: `OBLRState`).
+    In the trainer (`credo train`, train/rl.py::assign_credit): an estimator with a `grad_sq_norms`
+    keyword gets g_i = `logit_grad_sq_norm(behaviour logprobs, loss_mask)` of every row, the behaviour
+    logprobs being the trainer's recomputed ones (rl.recompute_old_logprobs; reused by the update)
+    else the sampler's. No full-vocabulary pass: the proxy is the lower bound sum_t (1 - p(y_t))^2.
+    The learning-rate half of the method is `oblr_snr` / `oblr_lr_update` (state: `OBLRState`), wired
+    by rl.snr_lr (off by default; the paper's method is rl.credit "oblr" + rl.snr_lr true): the SNR of
+    each step's minibatch gradients (before clipping, rl.minibatches >= 2) scales the next step's lr;
+    the state is checkpointed (train/snr.py).
     Departs from GRPO: a gradient-weighted baseline, no std division.
     Paper: "OBLR-PO: A Theoretical Framework for Stable Reinforcement Learning" (arXiv 2511.23310).
     Status: reconstructed (the principle is from the paper text; the per-group estimator and the
@@ -602,5 +608,5 @@ CATALOG = [
           "per-prompt tracker carried by the trainer (rl.prompt_pool > 0 to revisit prompts); 1 sample per prompt"),
     Entry("oblr", "reward minus the gradient-norm-weighted group mean (the variance-optimal baseline)",
           "OBLR-PO: A Theoretical Framework for Stable RL (arXiv 2511.23310)", "reconstructed",
-          "groups; per-sample gradient norms and SNR learning-rate state (trainer wiring pending)"),
+          "groups; per-row grad-norm proxy from behaviour logprobs (trainer); rl.snr_lr true for the SNR lr"),
 ]

@@ -8,7 +8,8 @@ Layout of `checkpoints/<name>/`:
   credit_state.safetensors  the tensors of a stateful credit estimator's state (SPO's stored
                          responses); its JSON part (SPO's alpha / beta) is state.json's "credit_state"
   state.json             counters (stage, RL step), optimizer hyperparameters, python / numpy RNG
-                         scalars, task and method state
+                         scalars, task and method state (rl.snr_lr: "snr_lr", OBLR-PO's SNR EMA,
+                         reference SNR, step count and the next step's lr scale; train/snr.py)
   manifest.json          SHA-256 of every file above; written last: its presence marks completeness
 
 Writes go to a hidden temporary folder that is renamed into place, so a crash at any moment leaves

@@ -26,9 +26,11 @@ from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example, Task
 from credo.credit.base import CreditState, credit_needs_of, is_token_level
+from credo.credit.normalisation import OBLRState, logit_grad_sq_norm, oblr_lr_update
 from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
 from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
+from credo.train.snr import GradSNR
 
 
 def bind_params(fn: Callable, common: dict[str, Any], extra: dict[str, Any], what: str) -> Callable:
@@ -132,8 +134,12 @@ def ppo_update(
     objective: Callable,
     settings: UpdateSettings,
     generator: torch.Generator,
+    grad_stats: GradSNR | None = None,
 ) -> dict[str, float]:
-    """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics."""
+    """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics.
+
+    grad_stats (rl.snr_lr): records each minibatch's gradient after its backward passes and before
+    clipping (OBLR-PO's gradient SNR, train/snr.py)."""
     declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     whole_groups = "whole_groups" in declared
     forward_needs = declared & frozenset(OUTPUT_NEEDS)
@@ -190,6 +196,8 @@ def ppo_update(
                     else:  # token-weighted mean over the micro-batches
                         sums[key] = sums.get(key, 0.0) + value * w
             maybe_die("update")
+            if grad_stats is not None:  # the raw minibatch gradient: before clipping rescales it
+                grad_stats.add(list(model.parameters()))
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()
@@ -231,6 +239,9 @@ class RLContext:
     critic_settings: CriticSettings | None = None
     credit_protocol: CreditState | None = None  # a `stateful` estimator: how its state advances
     credit_state: Any = None  # that state, carried across steps and checkpointed (SPO's tracker)
+    snr_lr: bool = False  # rl.snr_lr: OBLR-PO's learning rate from the gradient SNR (train/snr.py)
+    lr_state: OBLRState | None = None  # its state after the steps done so far (checkpointed)
+    lr_scale: float = 1.0  # the next step's lr = lr_at(step) * lr_scale (checkpointed)
 
 
 def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
@@ -246,6 +257,21 @@ def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: 
     return completions, scores, group_ids, errors
 
 
+def wants_grad_norms(credit: Callable) -> bool:
+    """An outcome-level estimator that reads per-row gradient norms (OBLR-PO's optimal baseline):
+    it has a `grad_sq_norms` keyword (inspected through functools.partial)."""
+    return not is_token_level(credit) and "grad_sq_norms" in inspect.signature(credit).parameters
+
+
+def behaviour_logprobs(ctx: RLContext, batch: RolloutBatch) -> torch.Tensor:
+    """Behaviour logprobs [B, T] of every row before the update: the trainer's recomputed ones
+    (rl.recompute_old_logprobs; computed here once and stored, so the update reuses them), else the
+    sampler's."""
+    if ctx.settings.recompute_old_logprobs and batch.old_logprobs is None:
+        batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, torch.arange(len(batch)), ctx.settings)
+    return batch.old_logprobs if batch.old_logprobs is not None else batch.sampler_logprobs
+
+
 def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples,
                   prompt_ids: torch.Tensor | None = None) -> dict[str, float]:
     """Fill batch.advantages [B, T] (and batch.values with a critic) from the credit estimator.
@@ -254,17 +280,25 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
     the CreditInputs they declare (train/credit_inputs.py) and return [B, T]. A `stateful` estimator
     gets the persistent prompt ids [B] as its group ids and the carried state. Returns the credit
     compute spent this step (probe rollouts, judge calls) as metrics.
+
+    An estimator with a `grad_sq_norms` keyword (OBLR-PO) gets per-row squared gradient norms [B] from
+    `logit_grad_sq_norm(behaviour logprobs, loss_mask)`: the lower-bound proxy sum_t (1 - p(y_t))^2,
+    from the sampled tokens' probabilities only (no full-vocabulary pass).
     """
     if ctx.critic is not None:
         batch.values = compute_values(ctx.critic, batch, ctx.settings.micro_batch_size, ctx.settings.autocast_dtype)
-    if ctx.credit_protocol is not None:
-        ids = batch.group_ids if prompt_ids is None else prompt_ids
-        batch.advantages = broadcast_advantages(ctx.credit(batch.rewards, ids, state=ctx.credit_state),
-                                                batch.loss_mask)
-        return {}
     if not is_token_level(ctx.credit):
-        batch.advantages = broadcast_advantages(ctx.credit(batch.rewards, batch.group_ids), batch.loss_mask)
-        return {}
+        kwargs, metrics = {}, {}
+        if wants_grad_norms(ctx.credit):
+            norms = logit_grad_sq_norm(behaviour_logprobs(ctx, batch), batch.loss_mask)
+            kwargs["grad_sq_norms"] = norms
+            metrics["grad_sq_norm_mean"] = float(norms.mean()) if len(norms) else 0.0
+        ids = batch.group_ids
+        if ctx.credit_protocol is not None:
+            ids = batch.group_ids if prompt_ids is None else prompt_ids
+            kwargs["state"] = ctx.credit_state
+        batch.advantages = broadcast_advantages(ctx.credit(batch.rewards, ids, **kwargs), batch.loss_mask)
+        return metrics
     if "logprobs" in credit_needs_of(ctx.credit) and ctx.settings.recompute_old_logprobs:
         rows = torch.arange(len(batch))
         batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, rows, ctx.settings)
@@ -318,15 +352,25 @@ def advance_credit_state(ctx: RLContext, batch: RolloutBatch, prompt_ids: torch.
     trainer's recomputed ones (rl.recompute_old_logprobs, computed here for every row and reused by
     the update), else the sampler's.
     """
-    if ctx.settings.recompute_old_logprobs and batch.old_logprobs is None:
-        batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, torch.arange(len(batch)), ctx.settings)
-    behaviour = batch.old_logprobs if batch.old_logprobs is not None else batch.sampler_logprobs
+    behaviour = behaviour_logprobs(ctx, batch)
     rows = []
     for b in range(len(batch)):
         real = batch.attention_mask[b]
         rows.append((batch.tokens[b][real], batch.loss_mask[b][real], behaviour[b][batch.loss_mask[b]].float()))
     return ctx.credit_protocol.update(ctx.credit_state, prompt_ids, batch.rewards, rows,
                                       lambda tokens, scored: rescore_responses(ctx, tokens, scored))
+
+
+def advance_lr_scale(ctx: RLContext, grad_stats: GradSNR) -> dict[str, float]:
+    """OBLR-PO's SNR learning rate after a step: `oblr_lr_update(state, snr, base_lr=1.0)` gives the
+    state and the lr scale of the NEXT step (the first measured SNR is the reference, so the scale
+    stays 1 until the SNR moves). Fewer than two recorded minibatch gradients (no trainable rows,
+    non-finite gradients, a whole-group objective with one group) measure no noise: state and scale
+    are left as they are. Returns this step's `snr` (nan when not measured)."""
+    snr = grad_stats.snr()
+    if grad_stats.count >= 2:
+        ctx.lr_state, ctx.lr_scale = oblr_lr_update(ctx.lr_state or OBLRState(), snr, base_lr=1.0)
+    return {"snr": snr, "snr_samples": float(grad_stats.count)}
 
 
 def turn_metrics(completions) -> dict[str, float]:
@@ -373,9 +417,12 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         next_state, state_metrics = advance_credit_state(ctx, batch, row_prompt_ids)
         credit_metrics.update(state_metrics)
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
-    update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator)
+    grad_stats = GradSNR() if ctx.snr_lr else None
+    update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
+    if grad_stats is not None:
+        update.update(advance_lr_scale(ctx, grad_stats))
     if ctx.critic is not None:
         returns = critic_returns(batch, ctx.credit)
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,

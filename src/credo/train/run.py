@@ -29,6 +29,7 @@ from credo.config import TrainConfig, to_dict
 from credo.credit import CREDIT
 from credo.credit.base import credit_needs_of, credit_state_of
 from credo.credit.judges import SyntheticJudge
+from credo.credit.normalisation import OBLRState
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
 from credo.models import load_policy
@@ -44,6 +45,7 @@ from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
+from credo.train.snr import lr_state_from_json, lr_state_to_json
 from credo.train.sft import run_warmup
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
@@ -120,6 +122,9 @@ def validate(cfg: TrainConfig) -> None:
                              f"(rl.credit = \"spo\"), not {cfg.rl.credit!r}")
         if cfg.rl.prompt_pool <= 0:
             raise CredoError("rl.spo_prioritized draws from a prompt pool: set rl.prompt_pool > 0")
+    if cfg.rl.snr_lr and cfg.rl.minibatches < 2:
+        raise CredoError(f"rl.snr_lr measures the gradient SNR across a step's minibatch gradients: "
+                         f"set rl.minibatches >= 2 (got {cfg.rl.minibatches})")
 
 
 def max_prompt_tokens(model, sampling: SamplingParams) -> int | None:
@@ -250,6 +255,11 @@ def rl_context(run: Run) -> RLContext:
         if resumed_rl and saved is None:
             raise CredoError(f"checkpoint {run.resumed.folder} has no state for credit estimator {rl.credit}")
         credit_state = protocol.load(*saved) if saved is not None else protocol.init()
+    lr_state, lr_scale = None, 1.0
+    if rl.snr_lr:  # OBLR-PO's SNR learning rate: (OBLRState, next lr scale), in every RL checkpoint
+        if resumed_rl and "snr_lr" not in run.resumed.state:
+            raise CredoError(f"checkpoint {run.resumed.folder} has no SNR learning-rate state (rl.snr_lr)")
+        lr_state, lr_scale = lr_state_from_json(run.resumed.state["snr_lr"]) if resumed_rl else (OBLRState(), 1.0)
     sources = CreditSources(
         model=run.model, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
@@ -263,14 +273,18 @@ def rl_context(run: Run) -> RLContext:
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
                      max_prompt_tokens=max_prompt_tokens(run.model, run.sampling), credit_name=rl.credit,
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
-                     critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state)
+                     critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
+                     snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale)
 
 
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
+    state = {"stage": "rl", "rl_step": steps_done}
+    if ctx.snr_lr:  # the lr of the next step is lr_at(step) * this lr_scale (exact resume)
+        state["snr_lr"] = lr_state_to_json(ctx.lr_state, ctx.lr_scale)
     save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
                     optimizer=ctx.optimizer, ref_model=ctx.ref_model,
                     critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
-                    state={"stage": "rl", "rl_step": steps_done},
+                    state=state,
                     credit_state=None if ctx.credit_protocol is None else ctx.credit_protocol.save(ctx.credit_state))
 
 
@@ -289,6 +303,10 @@ def rl_stage(run: Run) -> None:
     for step in range(first, rl.steps):
         lr = lr_at(step, rl.steps, peak=rl.lr, warmup=rl.lr_warmup_steps, decay=rl.lr_decay,
                    min_ratio=rl.min_lr_ratio)
+        scaled = {}
+        if ctx.snr_lr:  # OBLR-PO: the scale from the SNRs of the steps before this one (train/snr.py)
+            scaled = {"lr_base": lr, "lr_scale": ctx.lr_scale}
+            lr = lr * ctx.lr_scale
         set_lr(ctx.optimizer, lr)
         if rl.spo_prioritized:  # weights from the tracker as this step starts (checkpointed)
             weights = ctx.credit_protocol.sampling_weights(ctx.credit_state, torch.arange(len(prompts)))
@@ -297,7 +315,7 @@ def rl_stage(run: Run) -> None:
             pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
             ids = scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
         metrics = rl_step(ctx, step, [prompts[k] for k in ids], ids)
-        run.writer.write({"phase": "rl", "step": step, "lr": lr, **metrics})
+        run.writer.write({"phase": "rl", "step": step, "lr": lr, **scaled, **metrics})
         bar.update(1)
         nan = float("nan")
         bar.set_postfix(reward=f"{metrics.get('reward_mean', nan):.2f}", acc=f"{metrics.get('accuracy', nan):.2f}",
