@@ -44,6 +44,23 @@ def _final_weights(run_dir):
     return load_file(str(run_dir / "checkpoints" / "final" / "model" / "model.safetensors"))
 
 
+def _assert_same_final_weights(reference, run_dir):
+    ref_w, got_w = _final_weights(reference), _final_weights(run_dir)
+    assert ref_w.keys() == got_w.keys()
+    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+    return ref_w
+
+
+def _kill_then_resume(args, fault, run_dir):
+    """SIGKILL `credo train args` at `fault`, then `--resume run_dir`; returns the resume's stdout."""
+    crashed = _credo(args, fault)
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
+    resumed = _credo(["--resume", str(run_dir)])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    return resumed.stdout
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
@@ -67,9 +84,7 @@ def test_sigkill_then_resume_equals_uninterrupted(reference, tmp_path, fault):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     assert _comparable(run_dir) == _comparable(reference)
-    ref_w, got_w = _final_weights(reference), _final_weights(run_dir)
-    assert ref_w.keys() == got_w.keys()
-    assert all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+    ref_w = _assert_same_final_weights(reference, run_dir)
     # the weights did move during RL, so equality is not vacuous
     warm = load_file(str(reference / "checkpoints" / "warmup" / "model" / "model.safetensors"))
     assert any(not torch.equal(warm[k], ref_w[k]) for k in warm)

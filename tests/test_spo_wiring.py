@@ -1,7 +1,6 @@
 """SPO's persistent tracker in the trainer: prompt pool schedule, tracker updates, checkpoints, resume."""
 
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from credo.train.run import rl_context, setup, validate
 
 # the tests folder holds fixture_tasks (in-process runs) and test_resume's subprocess helpers
 sys.path.insert(0, str(Path(__file__).parent))
-from test_resume import _comparable, _credo, _final_weights  # noqa: E402
+from test_resume import _assert_same_final_weights, _comparable, _credo, _kill_then_resume  # noqa: E402
 
 # -- the prompt schedule ----------------------------------------------------------------------------
 
@@ -224,18 +223,13 @@ def spo_references(tmp_path_factory):
 def test_spo_sigkill_then_resume_equals_uninterrupted(spo_references, tmp_path, variant, fault):
     reference = spo_references(variant)
     args = SPO_ARGS + VARIANTS[variant] + ["--run.out_dir", str(tmp_path), "--run.name", "crash"]
-    crashed = _credo(args, fault)
-    assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     run_dir = tmp_path / "crash"
-    resumed = _credo(["--resume", str(run_dir)])
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "resuming from" in resumed.stdout and "step_2" in resumed.stdout
+    assert "step_2" in _kill_then_resume(args, fault, run_dir)
     rows = _comparable(run_dir)
     assert rows == _comparable(reference)
     rl_rows = [r for r in rows if r["phase"] == "rl"]
     assert len(rl_rows) == 4 and max(r["spo_revisited"] for r in rl_rows) > 0  # the tracker was used
-    ref_w, got_w = _final_weights(reference), _final_weights(run_dir)
-    assert ref_w.keys() == got_w.keys() and all(torch.equal(ref_w[k], got_w[k]) for k in ref_w)
+    _assert_same_final_weights(reference, run_dir)
     # the tracker in the final checkpoints is the same, bit for bit
     ref_ck, got_ck = verify(reference / "checkpoints" / "final"), verify(run_dir / "checkpoints" / "final")
     assert ref_ck.state["credit_state"] == got_ck.state["credit_state"]
