@@ -14,9 +14,31 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from credo.errors import CredoError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a numeric config field, declared next to the field:
+
+        lr: Annotated[float, Range(lo=0, lo_open=True)] = 1.5e-5
+
+    `lo` / `hi` = None leaves that side unbounded; `*_open` excludes the bound itself. NaN is never
+    in range. Checked for every field where the config is built (`check_ranges`)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """A string field that must be one of a fixed set of names (for registries, the registry checks)."""
+
+    choices: tuple[str, ...]
 
 
 @dataclass
