@@ -184,10 +184,30 @@ class RLConfig:
     dpo_model: str = ""
     """RTO: the frozen DPO-trained model whose token log-ratio is the dense reward (a folder, a credo
     checkpoint or a preset name)."""
+    is_correction: str = "none"
+    """Importance-sampling correction of the sampler/trainer mismatch and policy lag, applied to the
+    per-token loss with w = exp(trainer behaviour logprob - sampler logprob): a registered choice
+    (`credo list corrections`); "none" = off."""
+    is_params: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the importance-sampling correction (thresholds)."""
     objective_params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the objective."""
     credit_params: dict[str, Any] = field(default_factory=dict)
     """Extra keyword arguments of the credit estimator."""
+
+
+@dataclass
+class RolloutConfig:
+    engine: Annotated[str, OneOf(("torch", "vllm"))] = "torch"
+    """Rollout engine: "torch" (the in-process KV-cache sampler, CPU or one GPU) or "vllm" (GPU only,
+    imported only when chosen)."""
+
+
+@dataclass
+class DistConfig:
+    strategy: Annotated[str, OneOf(("none", "ddp", "fsdp2"))] = "none"
+    """How the policy is placed across torch.distributed ranks: "none" (one process), "ddp" or
+    "fsdp2" (`torch.distributed.fsdp.fully_shard`); launch several ranks with torchrun."""
 
 
 @dataclass
@@ -214,6 +234,8 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rl: RLConfig = field(default_factory=RLConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
 

@@ -48,6 +48,7 @@ class Completion:
     finish_reason: str
     text: str
     meta: dict = field(default_factory=dict)
+    weight_version: int = 0  # the trainer's weight version the engine sampled this completion with
 
 
 class RolloutEngine(Protocol):
@@ -57,6 +58,7 @@ class RolloutEngine(Protocol):
         """`n` completions for each prompt: result[p][j] is sample j of prompt p."""
         ...
 
-    def load_weights(self, model) -> None:
-        """Make the engine sample from the current policy weights."""
+    def load_weights(self, model, version: int = 0) -> None:
+        """Make the engine sample from the current policy weights; `version` (the trainer's count of
+        weight updates) is stamped on every completion generated afterwards (`weight_version`)."""
         ...

@@ -64,8 +64,11 @@ class TorchEngine:
         self.eos_ids = {e for e in eos if e is not None}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    def load_weights(self, model) -> None:
+    weight_version: int = 0
+
+    def load_weights(self, model, version: int = 0) -> None:
         self.model = model  # same process, same tensors: nothing to copy
+        self.weight_version = version
 
     def _hit_stop(self, tokens: list[int], stop: tuple[str, ...], longest: int) -> bool:
         # A stop string of c characters spans at most c tokens, so decoding the tail is enough.
@@ -164,6 +167,7 @@ class TorchEngine:
                         trainable=[True] * len(tokens[row]),
                         finish_reason=finish[row],
                         text=self.tokenizer.decode(tokens[row], skip_special_tokens=True),
+                        weight_version=self.weight_version,
                     )
                 )
             result.append(group)
