@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 
 # Defaults of objectives.md §1 (verl): gamma = lam = 1.0 with whitening. The classic (0.99, 0.95)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from credo.credit.base import CREDIT
-from credo.catalog import Entry
+from credo.entry import Entry
 
 
 def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, broadcast_steps, num_steps, step_sum, token_level
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 
