@@ -134,14 +134,51 @@ def test_reinforce_pp_token_hand_computed():
     assert adv[~mask].abs().max().item() == 0.0
 
 
-def test_reinforce_pp_token_resets_at_masked_positions():
-    # a masked (tool) token in the middle cuts the return, as verl's reset on response_mask
+def test_reinforce_pp_token_carries_the_return_over_masked_positions():
+    # a masked (tool) token in the middle is skipped, not a step: the return flows past it
     rewards = t([[0.0, 0.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0, 3.0]])
     mask = t([[0, 1, 0, 1, 1], [0, 1, 1, 1, 1]], torch.bool)
     adv = reinforce_pp_token_advantages(rewards, mask)
-    g = np.array([0.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0])  # row 0: token 1 gets 0 (reset), 3 and 4 get 1
+    g = np.array([1.0, 1.0, 1.0, 3.0, 3.0, 3.0, 3.0])  # row 0: token 1 gets the return past token 2
     white = (g - g.mean()) / math.sqrt(g.var(ddof=1) + 1e-8)
     assert adv[mask].tolist() == pytest.approx(white.tolist(), rel=1e-6)
+
+
+def verl_reinforce_pp(token_level_rewards, response_mask, gamma):
+    """verl 0.9.1 `core_algos.compute_reinforce_plus_plus_outcome_advantage`, re-implemented from
+    reading (not copied): backwards over t, new = r_t + gamma running; returns_t = new * m_t;
+    running = new * m_t + running * (1 - m_t); advantages = masked_whiten(returns, mask) * mask
+    (masked_whiten: mean and unbiased var over the mask, eps 1e-8)."""
+    B, T = len(token_level_rewards), len(token_level_rewards[0])
+    returns = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        running = 0.0
+        for t in reversed(range(T)):
+            m = float(response_mask[b][t])
+            new = token_level_rewards[b][t] + gamma * running
+            returns[b][t] = new * m
+            running = new * m + running * (1 - m)
+    flat = [returns[b][t] for b in range(B) for t in range(T) if response_mask[b][t]]
+    n = len(flat)
+    mean = sum(flat) / n
+    var = sum((x - mean) ** 2 for x in flat) / n * n / (n - 1)
+    return [[(returns[b][t] - mean) / math.sqrt(var + 1e-8) * response_mask[b][t] for t in range(T)]
+            for b in range(B)]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_reinforce_pp_token_matches_verl(seed):
+    # multi-turn layouts: holes (tool tokens) in the response, rewards on every token (a KL reward)
+    g = torch.Generator().manual_seed(100 + seed)
+    B, T = int(torch.randint(2, 5, (1,), generator=g)), int(torch.randint(4, 10, (1,), generator=g))
+    mask = torch.rand(B, T, generator=g) > 0.3
+    mask[:, 0] = False
+    mask[0, 1:3] = True  # at least two loss tokens (verl's masked_var raises below that)
+    rewards = torch.randn(B, T, generator=g)  # also off the mask: verl drops those rewards
+    gamma = [1.0, 0.99, 0.5][seed % 3]
+    want = verl_reinforce_pp(rewards.double().tolist(), mask.tolist(), gamma)
+    got = reinforce_pp_token_advantages(rewards, mask, gamma=gamma)
+    assert got.double().tolist() == [pytest.approx(row, rel=1e-5, abs=1e-6) for row in want]
 
 
 def test_reinforce_pp_outcome_equals_token_form_for_equal_lengths():

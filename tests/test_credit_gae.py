@@ -47,7 +47,7 @@ def row(values, mask=None, rewards=(1.0,), **kw):
 
 def test_registered_token_level_with_needs():
     assert CREDIT.get("gae") is gae
-    assert is_token_level(gae) and credit_needs_of(gae) == frozenset({"values"})
+    assert is_token_level(gae) and credit_needs_of(gae) == frozenset({"values"})  # kl_coef 0 by default
 
 
 def test_hand_computed_gamma_lambda():
@@ -146,3 +146,130 @@ def test_masked_whiten_matches_numpy_style_reference():
     out = masked_whiten(x, m)
     assert out[m].tolist() == pytest.approx([(v - mean) / std for v in vals], abs=1e-9)
     assert (out[~m] == 0).all()
+
+
+# -- KL in the reward, against verl ----------------------------------------------------------------
+# verl 0.9.1 (PyPI wheel), re-implemented here from reading, not copied:
+#   verl/trainer/ppo/ray_trainer.py::apply_kl_penalty: kld = kl_penalty(old_log_probs, ref_log_prob, "kl")
+#       (= old - ref), kld = kld * response_mask, token_level_rewards = token_level_scores - beta * kld;
+#       token_level_scores hold the outcome score on the last valid response token.
+#   verl/trainer/ppo/core_algos.py::compute_gae_advantage_return: backwards over t,
+#       delta = r_t + gamma nextvalues - V_t, lastgaelam_ = delta + gamma lam lastgaelam, both
+#       carried unchanged over mask-0 positions; returns = advantages + values (before whitening);
+#       advantages = masked_whiten(advantages, mask) (unbiased var, eps 1e-8).
+
+def verl_kl_rewards(scores_at_last, mask, old_logp, ref_logp, beta):
+    B, T = len(mask), len(mask[0])
+    scores = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        valid = [t for t in range(T) if mask[b][t]]
+        if valid:
+            scores[b][valid[-1]] = scores_at_last[b]
+    return [[scores[b][t] - beta * (old_logp[b][t] - ref_logp[b][t]) * mask[b][t] for t in range(T)]
+            for b in range(B)]
+
+
+def verl_gae(rewards, values, mask, gamma, lam):
+    B, T = len(rewards), len(rewards[0])
+    adv = [[0.0] * T for _ in range(B)]
+    for b in range(B):
+        nextvalues, lastgaelam = 0.0, 0.0
+        for t in reversed(range(T)):
+            m = float(mask[b][t])
+            delta = rewards[b][t] + gamma * nextvalues - values[b][t]
+            candidate = delta + gamma * lam * lastgaelam
+            nextvalues = values[b][t] * m + (1 - m) * nextvalues
+            lastgaelam = candidate * m + (1 - m) * lastgaelam
+            adv[b][t] = lastgaelam
+    returns = [[adv[b][t] + values[b][t] for t in range(T)] for b in range(B)]
+    flat = [adv[b][t] for b in range(B) for t in range(T) if mask[b][t]]
+    mean = sum(flat) / len(flat)
+    var = sum((x - mean) ** 2 for x in flat) / len(flat) * len(flat) / (len(flat) - 1)
+    white = [[(adv[b][t] - mean) / math.sqrt(var + 1e-8) for t in range(T)] for b in range(B)]
+    return white, returns
+
+
+def test_kl_in_reward_matches_verl_advantages_and_returns():
+    from credo.credit.gae import gae_critic_returns
+
+    checked = 0
+    for seed in range(30):
+        inputs = random_inputs(seed)
+        m = inputs.loss_mask
+        if int(m.sum()) < 2:  # verl's masked_var raises on fewer than two tokens
+            continue
+        gamma, lam = random.Random(seed).choice([(1.0, 1.0), (0.99, 0.95), (0.9, 0.5)])
+        beta = 0.05
+        mask = m.tolist()
+        r = verl_kl_rewards(inputs.rewards.tolist(), mask, inputs.logprobs.double().tolist(),
+                            inputs.ref_logprobs.double().tolist(), beta)
+        white, returns = verl_gae(r, inputs.values.double().tolist(), mask, gamma, lam)
+        adv = gae(inputs, gamma=gamma, lam=lam, kl_coef=beta)
+        ret = gae_critic_returns(inputs, gamma=gamma, lam=lam, kl_coef=beta)
+        want_adv = torch.tensor(white, dtype=torch.float64)
+        want_ret = torch.tensor(returns, dtype=torch.float64)
+        assert torch.allclose(adv.double()[m], want_adv[m], atol=1e-5), seed
+        assert torch.allclose(ret[m], want_ret[m], atol=1e-9), seed
+        # the critic's target is the KL-penalised return, not the outcome-only one
+        outcome_only = gae_critic_returns(inputs, gamma=gamma, lam=lam, kl_coef=0.0)
+        assert not torch.allclose(ret[m], outcome_only[m]), seed
+        checked += 1
+    assert checked >= 15
+
+
+def test_needs_follow_the_bound_kl_coef():
+    import functools
+
+    assert credit_needs_of(functools.partial(gae, kl_coef=0.05)) == {"values", "logprobs", "ref_logprobs"}
+    assert credit_needs_of(functools.partial(gae, kl_coef=0.0)) == {"values"}
+    assert credit_needs_of(functools.partial(functools.partial(gae, kl_coef=0.05), kl_coef=0.0)) == {"values"}
+
+
+def test_critic_returns_in_the_trainer_use_the_kl_penalised_rewards():
+    """critic.critic_returns (what rl_step regresses the critic on) == verl's returns for the bound gae."""
+    import functools
+
+    from credo.batch import RolloutBatch
+    from credo.critic import critic_returns
+
+    raw = random_inputs(5)
+    pad = lambda x: torch.nn.functional.pad(x, (1, 0))  # position 0 holds no logprob (batch.py)
+    inputs = CreditInputs(rewards=raw.rewards, group_ids=raw.group_ids, loss_mask=pad(raw.loss_mask),
+                          tokens=pad(raw.tokens), logprobs=pad(raw.logprobs), ref_logprobs=pad(raw.ref_logprobs),
+                          values=pad(raw.values))
+    B, T = inputs.loss_mask.shape
+    batch = RolloutBatch(tokens=inputs.tokens, attention_mask=torch.ones(B, T, dtype=torch.bool),
+                         loss_mask=inputs.loss_mask, sampler_logprobs=inputs.logprobs.float(),
+                         advantages=torch.zeros(B, T),
+                         rewards=inputs.rewards, group_ids=inputs.group_ids,
+                         ref_logprobs=inputs.ref_logprobs.float(), values=inputs.values.float())
+    bound = functools.partial(gae, gamma=0.99, lam=0.95, kl_coef=0.05)
+    mask = inputs.loss_mask.tolist()
+    r = verl_kl_rewards(inputs.rewards.tolist(), mask, batch.sampler_logprobs.double().tolist(),
+                        batch.ref_logprobs.double().tolist(), 0.05)
+    _, returns = verl_gae(r, batch.values.double().tolist(), mask, 0.99, 0.95)
+    m = inputs.loss_mask
+    got = critic_returns(batch, bound)
+    assert torch.allclose(got[m].double(), torch.tensor(returns, dtype=torch.float64)[m], atol=1e-5)
+    assert (got[~m] == 0).all()
+
+
+def test_gae_with_kl_in_reward_trains_end_to_end(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from credo.tasks import TASKS
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixture_tasks import ParityTask, tiny_run
+
+    monkeypatch.setitem(TASKS._items, "parity", ParityTask)
+    threads = torch.get_num_threads()
+    try:
+        rl = tiny_run(tmp_path, "gae_kl", "--rl.credit", "gae", "--rl.objective", "ppo",
+                      "--rl.credit_params", '{"kl_coef": 0.05}')
+    finally:
+        torch.set_num_threads(threads)
+    assert all(math.isfinite(row["value_loss"]) for row in rl)
+    # KL in the reward needs the frozen reference: the run loaded one and checkpointed it
+    assert (tmp_path / "gae_kl" / "checkpoints" / "final" / "ref_model.safetensors").exists()

@@ -331,3 +331,31 @@ def test_brpo_loop_equals_vectorized():
             a, b = brpo(inputs, **kw), brpo_loop(inputs, **kw)
             assert torch.allclose(a, b, atol=1e-5), (seed, kw)
             assert torch.isfinite(a).all() and (a[~inputs.loss_mask] == 0).all()
+
+
+def test_ma_rlhf_critic_regresses_on_its_span_returns_in_the_trainer():
+    """critic.critic_returns (the trainer's critic targets) = ma_rlhf_advantages_returns(...)[1], on the
+    same KL-penalised, clipped rewards as the advantages (not the outcome-only token GAE return)."""
+    import functools
+
+    from credo.batch import RolloutBatch
+    from credo.critic import critic_returns
+    from credo.credit.gae import gae_returns, outcome_token_rewards
+
+    raw = random_inputs(4)
+    pad = lambda x: torch.nn.functional.pad(x, (1, 0))  # noqa: E731  (position 0 holds no logprob)
+    inputs = CreditInputs(rewards=raw.rewards, group_ids=raw.group_ids, loss_mask=pad(raw.loss_mask),
+                          tokens=pad(raw.tokens), logprobs=pad(raw.logprobs), ref_logprobs=pad(raw.ref_logprobs),
+                          values=pad(raw.values))
+    B, T = inputs.loss_mask.shape
+    batch = RolloutBatch(tokens=inputs.tokens, attention_mask=torch.ones(B, T, dtype=torch.bool),
+                         loss_mask=inputs.loss_mask, sampler_logprobs=inputs.logprobs, advantages=torch.zeros(B, T),
+                         rewards=inputs.rewards, group_ids=inputs.group_ids, ref_logprobs=inputs.ref_logprobs,
+                         values=inputs.values)
+    bound = functools.partial(ma_rlhf, ngram=2, lam=0.9)
+    want = ma_rlhf_advantages_returns(inputs, ngram=2, lam=0.9)[1]
+    got = critic_returns(batch, bound)
+    assert torch.allclose(got.double(), want, atol=1e-5)
+    m = inputs.loss_mask
+    outcome_only = gae_returns(outcome_token_rewards(inputs.rewards, m), inputs.values, m, 1.0, 0.9)[1]
+    assert not torch.allclose(got.double()[m], outcome_only[m])

@@ -145,6 +145,33 @@ def test_farming_small_positive_steps_raises_sum_form_not_min_form():
     assert pure_sum(many, **kw)[0, 1].item() == pytest.approx(5.3, abs=1e-4)
 
 
+def test_pure_sum_uniform_is_the_official_disable_weighted_reward_flag():
+    # CJReinforce/PURE (commit 41f9363) openrlhf/utils/utils.py::turn_process_reward_logits_to_reward
+    # with disable_weighted_reward: weight = softmax(ones masked to -inf off the valid steps) = 1 / K,
+    # process_reward = weight * score; the rest (token-count RLOO baseline, verifier term on the last
+    # step, returns) is the min-form pipeline. Same layout as the `pure` hand computation above.
+    inp = make([[2, 2], [3]], [[0.5, -0.5], [0.2]], [1.0, 0.0], [7, 7])
+    out = pure_sum(inp, step_weight="uniform")
+    w = [[0.5, 0.5], [1.0]]  # 1 / K_b
+    out0, out1 = 0.5 * w[0][0] - 0.5 * w[0][1], 0.2 * w[1][0]  # each row's sum_k w_k r_k
+    rho0, rho1 = out1 / 3, out0 / 4
+    step0 = 0.5 * w[0][0] - rho0 * 1
+    step1 = -0.5 * w[0][1] - rho0 * 1 + (1.0 - 0.0)
+    g_row1 = 0.2 - rho1 * 2 + (0.0 - 1.0)
+    expected = torch.zeros_like(out)
+    expected[0, 1], expected[0, 3] = step0 + step1, step1
+    expected[1, 1] = expected[1, 2] = g_row1
+    assert close(out, expected)
+    # the default (the paper's plain sum-form) differs from the flag once a row has two or more steps
+    assert not close(pure_sum(inp), out)
+    # and the flag's first-token return is the row's mean step score, so farming steps does not pay
+    farmed = make([[1] * 50 + [1, 1]], [[0.1] * 50 + [0.5, -0.2]], [0.0], [0])
+    kw = dict(verifiable_reward_coef=0.0, mask_step_end=False)
+    assert pure_sum(farmed, step_weight="uniform", **kw)[0, 1].item() == pytest.approx(5.3 / 52, abs=1e-5)
+    with pytest.raises(ValueError, match="step_weight"):
+        pure_sum(inp, step_weight="softmin")
+
+
 def test_pure_sum_discount_hand_computed():
     inp = make([[1, 1, 1]], [[1.0, -1.0, 0.5]], [1.0], [0])
     out = pure_sum(inp, gamma=0.5, verifiable_reward_coef=0.0, mask_step_end=False)[0, 1:4]
@@ -188,6 +215,8 @@ def test_pure_matches_loop(seed):
     assert close(pure(inp, mask_step_end=False, verifiable_reward_coef=0.3),
                  pure_loop(inp, mask_step_end=False, verifiable_reward_coef=0.3))
     assert close(pure_sum(inp, gamma=0.9), pure_loop(inp, form="sum", gamma=0.9))
+    assert close(pure_sum(inp, gamma=0.9, step_weight="uniform"),
+                 pure_loop(inp, form="sum", gamma=0.9, step_weight="uniform"))
     for out in (pure(inp), pure_sum(inp)):
         assert torch.isfinite(out).all() and (out[~inp.loss_mask] == 0).all()
 

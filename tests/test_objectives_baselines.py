@@ -82,6 +82,36 @@ def test_dr_grpo_and_lite_ppo_per_token_equal_grpo_without_kl():
         assert torch.equal(fn(logp, batch).per_token, ref)
 
 
+def verl_vanilla_per_token(r, a, clip=0.2, clip_ratio_c=3.0):
+    """verl 0.9.1 `core_algos.compute_policy_loss_vanilla`, per token before agg_loss (re-implemented
+    from reading): pg1 = -A r, pg2 = -A clip(r, 1-eps, 1+eps), l1 = max(pg1, pg2), pg3 = -A c,
+    loss = min(pg3, l1) where A < 0, else l1 (dual clip always on, c = 3 by default)."""
+    l1 = np.maximum(-a * r, -a * np.clip(r, 1 - clip, 1 + clip))
+    return np.where(a < 0, np.minimum(-a * clip_ratio_c, l1), l1)
+
+
+def test_grpo_equals_verl_vanilla_except_dual_clip_region():
+    from credo.objectives.grpo import ppo_clip_per_token
+
+    # position 0 holds no logprob (batch.py): it is off the mask and left out of the comparison
+    ratios = np.array([[1.0, 0.5, 0.9, 1.1, 2.0, 2.9, 3.5, 6.0]] * 2)
+    adv = np.array([[1.0] * 8, [-1.0] * 8])
+    old = torch.zeros(2, 8)
+    logp = torch.log(torch.tensor(ratios, dtype=torch.float32))
+    mask = torch.ones(2, 8, dtype=torch.bool)
+    mask[:, 0] = False
+    batch = make_batch(old, torch.tensor(adv, dtype=torch.float32), mask)
+    ratios, adv, on = ratios[:, 1:], adv[:, 1:], (slice(None), slice(1, None))
+    ours = grpo_loss(logp, batch, kl_coef=0.0).per_token.double().numpy()[on]
+    verl = verl_vanilla_per_token(ratios, adv)
+    differs = (adv < 0) & (ratios > 3.0)
+    assert np.allclose(ours[~differs], verl[~differs], atol=1e-6)  # A >= 0, or r <= 3
+    # A = -1, r = 3.5 and 6: grpo's loss is |A| r; verl's is capped at 3 |A|
+    assert np.allclose(ours[differs], ratios[differs]) and np.allclose(verl[differs], 3.0)
+    dual = ppo_clip_per_token(logp, old, batch.advantages, mask, dual_clip=3.0).per_token.double().numpy()[on]
+    assert np.allclose(dual, verl, atol=1e-6)  # with dual_clip = 3 they agree everywhere
+
+
 # -- DAPO ----------------------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ M = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]], dtype=torch.bool)
         ("token_mean", (1 + 2 + 3 + 6) / 4),  # 3.0
         ("seq_mean_token_mean", ((1 + 2 + 3) / 3 + 6 / 1) / 2),  # 4.0: empty row excluded
         ("seq_mean_token_sum", (6 + 6) / 2),  # 6.0
-        ("seq_mean_token_sum_norm", (6 + 6) / (4 * 2)),  # C = T = 4, two non-empty rows
+        # verl 0.9.1 agg_loss: the seq-mean-token-sum (over non-empty rows) divided by C = T = 4
+        ("seq_mean_token_sum_norm", (6 + 6) / (4 * 2)),
         ("token_sum", 12.0),
     ],
 )

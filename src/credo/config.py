@@ -157,6 +157,23 @@ class RLConfig:
     that all succeeded or all failed). With kl_coef = 0 they carry no gradient, so this only saves
     their forward/backward; the token count of the reduction then covers the kept tokens, as with
     DAPO's dynamic sampling."""
+    dynamic_sampling: bool = False
+    """DAPO's dynamic sampling: keep only the groups whose task rewards differ (not all correct, not
+    all wrong) and refill the step with further prompts' groups, drawn from the run's prompt list by
+    a generator seeded from (run.seed, step, round), so resume stays exact. Logs sampling_rounds,
+    groups_discarded, groups_kept, refill_time (select/dynamic_sampling.py)."""
+    max_sampling_rounds: Annotated[int, Range(lo=0)] = 3
+    """With dynamic_sampling: extra generation rounds allowed per step to refill the batch with mixed
+    groups (each round samples prompts_per_step prompts); when they run out the step goes on with the
+    mixed groups it has. verl's algorithm.filter_groups.max_num_gen_batches counts all rounds and
+    raises at the limit (its DAPO scripts: 10, i.e. 9 extra); 3 here keeps a CPU step affordable."""
+    overlong_buffer: Annotated[int, Range(lo=0)] = 0
+    """DAPO's soft overlong punishment: the last N tokens before sampling.max_new_tokens where the
+    penalty falls linearly from 0 to -overlong_penalty_factor, by completion length in tokens (a
+    multi-turn transcript counts all its tokens); added to the task reward before credit and logged
+    (overlong_penalty_mean, overlong_fraction). 0 = off (the paper: 4096 of 20480)."""
+    overlong_penalty_factor: Annotated[float, Range(lo=0)] = 1.0
+    """Penalty at the generation limit with overlong_buffer > 0 (DAPO: 1.0)."""
     max_nonfinite_steps: int = 5
     """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""

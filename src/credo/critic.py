@@ -148,27 +148,30 @@ def outcome_token_rewards(batch: RolloutBatch) -> torch.Tensor:
 
 
 def critic_returns(batch: RolloutBatch, credit) -> torch.Tensor:
-    """The critic's regression targets [B, T]: GAE returns A + V_old on the outcome token rewards,
-    with the credit estimator's own gamma / lam when it has them (GAE, MA-RLHF, POAD), else
-    gamma = lam = 1 (the Monte Carlo return, i.e. the outcome reward at every token)."""
-    import functools
-    import inspect
+    """The critic's regression targets [B, T] float32.
 
+    An estimator that declares its own targets (`token_level(returns=...)`: GAE) gets them from the
+    same token rewards as its advantages: with KL in the reward (gae's kl_coef), the critic regresses
+    on the KL-penalised return, as verl builds advantages and returns from one `token_level_rewards`.
+    The behaviour logprobs are the ones the advantages used (the recomputed old logprobs, stored on
+    the batch before the update), so actor and critic see the same r_t. Any other estimator: GAE
+    returns A + V_old on the outcome token rewards, with its own gamma / lam when it has them
+    (MA-RLHF, POAD), else gamma = lam = 1 (the Monte Carlo return: the outcome reward at every token).
+    """
+    from credo.credit.base import CreditInputs, credit_returns_of, hparams_of
     from credo.credit.gae import gae_returns
 
-    fn, bound = credit, {}
-    while isinstance(fn, functools.partial):
-        bound = {**fn.keywords, **bound}
-        fn = fn.func
-    params = inspect.signature(fn).parameters
+    hparams = hparams_of(credit)
+    own = credit_returns_of(credit)
+    if own is not None:
+        inputs = CreditInputs(rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask,
+                              tokens=batch.tokens, logprobs=batch.behaviour_logprobs,
+                              ref_logprobs=batch.ref_logprobs, values=batch.values)
+        return own(inputs, **hparams).to(torch.float32)
 
     def param(name: str) -> float:
-        if name in bound:
-            return float(bound[name])
-        if name in params and params[name].default is not inspect.Parameter.empty:
-            return float(params[name].default)
-        return 1.0
+        return float(hparams.get(name, 1.0))
 
     _, returns = gae_returns(outcome_token_rewards(batch), batch.values, batch.loss_mask,
                              gamma=param("gamma"), lam=param("lam"))
-    return returns
+    return returns.to(torch.float32)

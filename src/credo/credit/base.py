@@ -105,9 +105,17 @@ class CreditInputs:
             raise ValueError(f"credit estimator {method} needs {', '.join(missing)} in CreditInputs")
 
 
-def token_level(*, needs: tuple[str, ...] = ()) -> Callable:
+def token_level(*, needs: tuple[str, ...] = (), needs_when: Callable[[dict[str, Any]], tuple[str, ...]] | None = None,
+                returns: Callable[..., torch.Tensor] | None = None) -> Callable:
     """Mark a token-level estimator `fn(inputs: CreditInputs, **hparams) -> [B, T]` and declare the
-    CreditInputs fields it reads (CREDIT_NEEDS)."""
+    CreditInputs fields it reads (CREDIT_NEEDS).
+
+    needs_when(hparams) -> more needs, from the estimator's effective keyword hyperparameters (its
+    defaults updated by what the config bound): e.g. GAE reads logprobs and ref_logprobs only when
+    kl_coef != 0. `credit_needs_of` applies it, so the trainer loads a reference model exactly then.
+    returns(inputs, **hparams) -> [B, T]: the critic's regression targets, for an estimator that reads
+    values; built from the same token rewards as its advantages (see `critic.critic_returns`).
+    """
     unknown = set(needs) - set(CREDIT_NEEDS)
     if unknown:
         raise ValueError(f"unknown credit need(s) {sorted(unknown)}; valid: {', '.join(CREDIT_NEEDS)}")
@@ -115,6 +123,8 @@ def token_level(*, needs: tuple[str, ...] = ()) -> Callable:
     def mark(fn: Callable) -> Callable:
         fn.credit_level = "token"
         fn.credit_needs = frozenset(needs)
+        fn.credit_needs_when = needs_when
+        fn.credit_returns = returns
         return fn
 
     return mark
@@ -166,8 +176,32 @@ def is_token_level(fn: Callable) -> bool:
     return getattr(_unwrap(fn), "credit_level", "outcome") == "token"
 
 
+def hparams_of(fn: Callable) -> dict[str, Any]:
+    """The keyword hyperparameters an estimator will run with: its signature's keyword defaults,
+    updated by what `functools.partial` bound (outermost binding wins, as in a call)."""
+    import inspect
+
+    bound: dict[str, Any] = {}
+    while isinstance(fn, functools.partial):
+        bound = {**fn.keywords, **bound}
+        fn = fn.func
+    defaults = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is not inspect.Parameter.empty}
+    return {**defaults, **bound}
+
+
 def credit_needs_of(fn: Callable) -> frozenset[str]:
-    return getattr(_unwrap(fn), "credit_needs", frozenset())
+    """The CreditInputs fields a token-level estimator reads, with its bound hyperparameters
+    (`token_level(needs_when=...)`); empty for outcome-level estimators."""
+    base = _unwrap(fn)
+    needs = getattr(base, "credit_needs", frozenset())
+    when = getattr(base, "credit_needs_when", None)
+    return needs | frozenset(when(hparams_of(fn))) if when is not None else needs
+
+
+def credit_returns_of(fn: Callable) -> Callable[..., torch.Tensor] | None:
+    """The estimator's critic-target function (`token_level(returns=...)`), or None."""
+    return getattr(_unwrap(fn), "credit_returns", None)
 
 
 def credit_state_of(fn: Callable) -> CreditState | None:

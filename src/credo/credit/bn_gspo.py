@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT
 from credo.credit.outcome import grpo_advantages
 

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.objectives.discriminative import drpo_positive_weights
 

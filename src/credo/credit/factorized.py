@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, broadcast_steps, token_level
 from credo.credit.outcome import grpo_advantages
 

@@ -1,6 +1,7 @@
 """Token-level GAE with a critic (the PPO advantage), and the pieces the critic's value loss reuses.
 
     outcome_token_rewards  rewards [B] -> r [B, T]: outcome on the last loss token, optional KL reward
+    gae_critic_returns     the critic's targets A + V on the same KL-penalised token rewards
     gae_returns            r [B, T], values [B, T], mask -> (advantages, returns) [B, T], not whitened
     masked_whiten          batch whitening over the masked tokens (verl's `masked_whiten`)
     gae                    the registered estimator: the three above, in that order
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 
 # Defaults of objectives.md §1 (verl): gamma = lam = 1.0 with whitening. The classic (0.99, 0.95)
@@ -128,8 +129,34 @@ def gae_returns_loop(
     return advs, rets
 
 
+def _kl_needs(hparams: dict) -> tuple[str, ...]:
+    """KL in the reward reads the behaviour and reference logprobs (so the trainer loads a reference)."""
+    return ("logprobs", "ref_logprobs") if hparams.get("kl_coef") else ()
+
+
+def gae_token_rewards(inputs: CreditInputs, *, kl_coef: float = 0.0) -> torch.Tensor:
+    """The token rewards r [B, T] float64 that both the advantages and the critic's returns are built
+    from: the outcome on the last loss token minus kl_coef * (logprobs - ref_logprobs) on every loss
+    token (verl `apply_kl_penalty` with kl_penalty="kl": token_level_scores - beta * kld * mask)."""
+    if kl_coef:
+        inputs.require("logprobs", "ref_logprobs", method="gae (kl_coef != 0)")
+    return outcome_token_rewards(inputs.rewards, inputs.loss_mask.bool(), logprobs=inputs.logprobs,
+                                 ref_logprobs=inputs.ref_logprobs, kl_coef=kl_coef)
+
+
+def gae_critic_returns(
+    inputs: CreditInputs, *, gamma: float = GAMMA, lam: float = LAM, kl_coef: float = 0.0, **_: object
+) -> torch.Tensor:
+    """The critic's targets [B, T] float64 of `gae`: returns = A + V before whitening, on the same
+    KL-penalised token rewards as the advantages (verl `compute_gae_advantage_return`'s `returns`).
+    Other keywords of `gae` (whiten, whiten_eps) do not change the returns and are ignored."""
+    inputs.require("values", method="gae")
+    mask = inputs.loss_mask.bool()
+    return gae_returns(gae_token_rewards(inputs, kl_coef=kl_coef), inputs.values, mask, gamma, lam)[1]
+
+
 @CREDIT.register("gae")
-@token_level(needs=("values",))
+@token_level(needs=("values",), needs_when=_kl_needs, returns=gae_critic_returns)
 def gae(
     inputs: CreditInputs,
     *,
@@ -147,24 +174,23 @@ def gae(
     delta_t = r_t + gamma V_{t+1} - V_t;  A_t = delta_t + gamma lam A_{t+1}  (over loss tokens only,
     V after the last one = 0);  whiten=True: A <- (A - mean) / sqrt(var + whiten_eps) over every loss
     token of the batch (unbiased var). With gamma = lam = 1 and kl_coef = 0, A_t = R - V_t before
-    whitening. The critic's target is `gae_returns(...)[1]` (returns = A + V, before whitening).
+    whitening. The critic's target is `gae_critic_returns` (returns = A + V before whitening, on the
+    same KL-penalised r_t), which the trainer reads through `token_level(returns=...)`.
     Defaults: gamma = 1.0, lam = 1.0 (verl, objectives.md §1; the brief's lam = 0.95 is OpenRLHF's and
     MA-RLHF's), kl_coef = 0 (verl uses 0.001 when KL-in-reward is on), whiten = True (verl always
     whitens GAE advantages), whiten_eps = 1e-8.
     Degenerate: an empty response gives zeros; fewer than two loss tokens in the batch, or all
     advantages equal, whiten to 0; zero values give A_t = sum of the rewards ahead (gamma = lam = 1: R).
-    Needs: values (a critic); logprobs and ref_logprobs too when kl_coef != 0.
+    Needs: values (a critic); logprobs and ref_logprobs too when kl_coef != 0 (declared through
+    `needs_when`, so the trainer then loads the frozen reference model and hands both over).
     Papers: "Proximal Policy Optimization Algorithms" (arXiv 1707.06347); "High-Dimensional Continuous
     Control Using Generalized Advantage Estimation" (arXiv 1506.02438).
-    Status: confirmed (verl `compute_gae_advantage_return`, `masked_whiten`). Loop reference: `gae_loop`.
+    Status: confirmed (verl `compute_gae_advantage_return`, `masked_whiten`, and the KL-penalised
+    token rewards of `apply_kl_penalty`, verl 0.9.1). Loop reference: `gae_loop`.
     """
     inputs.require("values", method="gae")
-    if kl_coef:
-        inputs.require("logprobs", "ref_logprobs", method="gae (kl_coef != 0)")
     mask = inputs.loss_mask.bool()
-    r = outcome_token_rewards(inputs.rewards, mask, logprobs=inputs.logprobs,
-                              ref_logprobs=inputs.ref_logprobs, kl_coef=kl_coef)
-    adv, _ = gae_returns(r, inputs.values, mask, gamma, lam)
+    adv, _ = gae_returns(gae_token_rewards(inputs, kl_coef=kl_coef), inputs.values, mask, gamma, lam)
     if whiten:
         adv = masked_whiten(adv, mask, eps=whiten_eps)
     return adv.to(torch.float32)

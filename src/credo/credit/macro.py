@@ -16,7 +16,7 @@ from typing import Sequence
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 
 # -- MA-RLHF ---------------------------------------------------------------------------------------
@@ -188,8 +188,13 @@ def ma_rlhf_advantages_returns(
     return adv, ret
 
 
+def ma_rlhf_critic_returns(inputs: CreditInputs, **hparams) -> torch.Tensor:
+    """The critic's targets [B, T] of `ma_rlhf` (its span returns, on the same KL-penalised rewards)."""
+    return ma_rlhf_advantages_returns(inputs, **hparams)[1]
+
+
 @CREDIT.register("ma_rlhf")
-@token_level(needs=("values", "logprobs", "ref_logprobs"))
+@token_level(needs=("values", "logprobs", "ref_logprobs"), returns=ma_rlhf_critic_returns)
 def ma_rlhf(
     inputs: CreditInputs,
     *,
@@ -213,7 +218,8 @@ def ma_rlhf(
       V_span   = sum_j sigma_j V_j,  r_span = sum_j sigma_j r_j   over the span's tokens j = 0..n-1
                  sigma: "equal" 1/n, "unit" last token only, "position" (1/(j+1)) / sum_i 1/(i+1)
       delta_k  = r_k + gamma V_{k+1} - V_k   (V after the last span = 0);  A_k = delta_k + gamma lam A_{k+1}
-    The critic target is `ma_rlhf_advantages_returns(...)[1]`. Not whitened (DeepSpeed-Chat does not).
+    The critic target is `ma_rlhf_advantages_returns(...)[1]` (the trainer reads it through
+    `token_level(returns=...)`, `critic.critic_returns`). Not whitened (DeepSpeed-Chat does not).
     With termination "fixed" and ngram = 1 this is token-level PPO/GAE (the upstream README's vanilla PPO).
     Defaults (run_gemma.sh): fixed, ngram 5, equal, gamma 1.0, lam 0.95, kl_coef 0.05, reward clip 2.5.
     repeat_times = 3 is an assumption (no published default). The "parsing" rule (constituency

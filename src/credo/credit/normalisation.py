@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, stateful
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from credo.credit.base import CREDIT
-from credo.catalog import Entry
+from credo.entry import Entry
 
 
 def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -241,19 +241,24 @@ def reinforce_pp_token_advantages(
 
     token_rewards [B, T] float (outcome reward on the last completion token, optionally minus
     beta * KL_t on every token), loss_mask [B, T] bool -> advantages [B, T] float32, 0 off the mask.
-    G_t = r_t + gamma G_{t+1}, the running return reset to 0 on every masked position (after EOS,
-    padding, prompt and tool tokens); A = (G - mean) / sqrt(var + eps) over all masked tokens of the
-    batch (unbiased var). Fewer than two masked tokens, or all returns equal: A = 0.
-    Status: confirmed (verl `compute_reinforce_plus_plus_outcome_advantage`, `masked_whiten`).
+    Over the loss tokens only: G_t = r_t + gamma G_next, G_next = G at the next loss token (0 after
+    the last); a masked position (prompt, padding, a tool / environment token between turns) is
+    skipped, not a step: the running return is carried over it unchanged and its reward is dropped,
+    so the outcome reaches the tokens before a tool response. A = (G - mean) / sqrt(var + eps) over
+    all masked tokens of the batch (unbiased var). Fewer than two masked tokens, or all returns
+    equal: A = 0.
+    Status: confirmed (verl 0.9.1 `compute_reinforce_plus_plus_outcome_advantage`: "for observation
+    tokens (mask=0): skip - carry running_return through unchanged"; `masked_whiten`. verl up to
+    0.8.0.dev reset the return at every masked position instead).
     """
     rewards = token_rewards.to(torch.float64)
     mask = loss_mask.bool()
     returns = torch.zeros_like(rewards)
     running = torch.zeros(rewards.shape[0], dtype=torch.float64)
     for t in reversed(range(rewards.shape[1])):
-        running = rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * mask[:, t]
+        m = mask[:, t]
+        running = torch.where(m, rewards[:, t] + gamma * running, running)
+        returns[:, t] = torch.where(m, running, torch.zeros_like(running))
     adv = torch.zeros_like(returns)
     adv[mask] = _whiten(returns[mask], eps)
     return adv.to(torch.float32)
@@ -262,15 +267,14 @@ def reinforce_pp_token_advantages(
 def reinforce_pp_token_advantages_loop(
     token_rewards: list[list[float]], loss_mask: list[list[bool]], *, gamma: float = 1.0, eps: float = 1e-8
 ) -> list[list[float]]:
-    """Readable reference for `reinforce_pp_token_advantages`."""
+    """Readable reference for `reinforce_pp_token_advantages`: each row's loss tokens taken out,
+    the discounted return over them, put back."""
     returns = []
     for row_r, row_m in zip(token_rewards, loss_mask):
         running, row = 0.0, [0.0] * len(row_r)
-        for t in reversed(range(len(row_r))):
+        for t in reversed([t for t, m in enumerate(row_m) if m]):
             running = row_r[t] + gamma * running
             row[t] = running
-            if not row_m[t]:
-                running = 0.0
         returns.append(row)
     flat = [g for row, m in zip(returns, loss_mask) for g, mm in zip(row, m) if mm]
     white = iter(_whiten_loop(flat, eps))

@@ -4,7 +4,7 @@ those scores into token advantages [B, T].
 | estimator    | step signal it assumes (inputs.step_rewards [B, K])      | how steps become token credit          |
 |--------------|-----------------------------------------------------------|----------------------------------------|
 | pure         | PRM score in [-1, 1] (SyntheticJudge's default range)     | softmin-weighted (min-form) return     |
-| pure_sum     | same                                                      | plain (sum-form) discounted return     |
+| pure_sum     | same                                                      | sum-form discounted return (or 1/K)    |
 | capo         | fraction of critiques flagging the step wrong, in [0, 1]  | GRPO advantage - penalty on wrong steps|
 | tp_grpo      | step correctness score, correct when > 0 ([-1, 1])        | GRPO advantage + thought-unit reward   |
 | grounded_prm | tool verdict, +1 when score > 0 else -1                   | verdict fused with the outcome, centred|
@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, broadcast_steps, num_steps, step_sum, token_level
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 
@@ -95,16 +95,24 @@ def _empty_like(inputs: CreditInputs) -> list[list[float]]:
 # -- PURE (min-form) and its sum-form contrast -----------------------------------------------------
 
 
+STEP_WEIGHTS = ("none", "uniform")  # pure_sum: plain sum-form, or PURE's --disable_weighted_reward
+
+
 def _pure_core(inputs: CreditInputs, *, form: str, temperature: float, gamma: float,
-               verifiable_reward_coef: float, mask_step_end: bool, method: str) -> torch.Tensor:
-    """form: "all" (softmin over all steps, the code), "future" (softmin over steps >= k), "sum"."""
+               verifiable_reward_coef: float, mask_step_end: bool, method: str,
+               step_weight: str = "none") -> torch.Tensor:
+    """form: "all" (softmin over all steps, the code), "future" (softmin over steps >= k), "sum"
+    (step_weight "none": w_k = 1; "uniform": w_k = 1 / K_b)."""
+    if step_weight not in STEP_WEIGHTS:
+        raise ValueError(f"{method}: step_weight must be one of {', '.join(STEP_WEIGHTS)}, got {step_weight!r}")
     if temperature <= 0:
         raise ValueError(f"{method}: temperature must be > 0, got {temperature}")
     k_b, r, exists = _step_table(inputs, method)
     mask, step_ids = inputs.loss_mask, inputs.step_ids
     B, K = r.shape
     if form == "sum":
-        rw = torch.where(exists, r, torch.zeros_like(r))
+        w = 1.0 / k_b.clamp(min=1).to(torch.float64)[:, None] if step_weight == "uniform" else 1.0
+        rw = torch.where(exists, w * r, torch.zeros_like(r))
     else:
         w = torch.softmax(torch.where(exists, -r / temperature, torch.full_like(r, -math.inf)), dim=1)
         rw = torch.where(exists, torch.nan_to_num(w, nan=0.0) * r, torch.zeros_like(r))
@@ -177,33 +185,41 @@ def pure(inputs: CreditInputs, *, temperature: float = 0.1, verifiable_reward_co
 @CREDIT.register("pure_sum")
 @token_level(needs=("steps", "step_rewards"))
 def pure_sum(inputs: CreditInputs, *, gamma: float = 1.0, verifiable_reward_coef: float = 1.0,
-             mask_step_end: bool = True) -> torch.Tensor:
-    """Sum-form contrast to PURE: the plain discounted return of the PRM step rewards.
+             mask_step_end: bool = True, step_weight: str = "none") -> torch.Tensor:
+    """Sum-form contrast to PURE: the discounted return of the PRM step rewards.
 
     inputs: rewards [B], group_ids [B], loss_mask [B, T], step_ids [B, T], step_rewards [B, K] in
     [-1, 1] -> advantages [B, T] float32.
-      r'_k = r_k - rho_i n_k (+ v_i on the last step),  rho_i from the other rows' sum_k r (RLOO, token count)
+      w_k  = 1 (step_weight "none", the default) or 1 / K_b (step_weight "uniform")
+      r'_k = w_k r_k - rho_i n_k (+ v_i on the last step),  rho_i from the other rows' sum_k w r
+             (RLOO, token count)
       G_k  = sum_{k' >= k} gamma^{k'-k} r'_k';   A_t = G_{step(t)};  step-end tokens get 0
-    Every positive step adds to the return, so many small positive steps raise it (the reward hacking
-    PURE attributes to sum-form); with gamma = 1 this is PURE's code with --disable_weighted_reward.
-    Degenerate cases as `pure`. Defaults: gamma 1.0, verifiable_reward_coef 1.0.
+    The default is the paper's sum-form definition (every positive step adds to the return, so many
+    small positive steps raise it: the reward hacking PURE attributes to sum-form). It is NOT what
+    the official code's sum-form switch computes: CJReinforce/PURE `--disable_weighted_reward`
+    (openrlhf/utils/utils.py::turn_process_reward_logits_to_reward, commit 41f9363) replaces the
+    softmin weights by a softmax of ones over the valid steps, i.e. a uniform w_k = 1 / K_b, which
+    makes the first token's return the row's MEAN step reward; step_weight="uniform" with gamma = 1
+    reproduces that flag.
+    Degenerate cases as `pure`. Defaults: gamma 1.0, verifiable_reward_coef 1.0, step_weight "none".
     Paper: "Stop Summation: Min-Form Credit Assignment Is All Process Reward Model Needs for Reasoning"
-    (arXiv 2504.15275). Status: confirmed for gamma = 1 (--disable_weighted_reward); gamma < 1 follows
-    the spec's sum-form definition. Loop reference: `pure_loop(..., form="sum")`.
+    (arXiv 2504.15275). Status: reconstructed (the paper's sum-form; the official flag only with
+    step_weight="uniform", gamma = 1). Loop reference: `pure_loop(..., form="sum")`.
     """
     return _pure_core(inputs, form="sum", temperature=1.0, gamma=gamma, verifiable_reward_coef=verifiable_reward_coef,
-                      mask_step_end=mask_step_end, method="pure_sum").to(torch.float32)
+                      mask_step_end=mask_step_end, method="pure_sum", step_weight=step_weight).to(torch.float32)
 
 
 def pure_loop(inputs: CreditInputs, *, form: str = "all", temperature: float = 0.1, gamma: float = 1.0,
-              verifiable_reward_coef: float = 1.0, mask_step_end: bool = True) -> list[list[float]]:
+              verifiable_reward_coef: float = 1.0, mask_step_end: bool = True,
+              step_weight: str = "none") -> list[list[float]]:
     """Readable reference for `pure` (form "all" / "future") and `pure_sum` (form "sum")."""
     B = inputs.loss_mask.shape[0]
     rows = [_row_steps_loop(inputs, b) for b in range(B)]
 
     def softmin_weighted(scores: list[float]) -> list[float]:
         if form == "sum":
-            return list(scores)
+            return [s / len(scores) for s in scores] if step_weight == "uniform" else list(scores)
         m = min(-s / temperature for s in scores) if scores else 0.0
         e = [math.exp(-s / temperature - m) for s in scores]
         return [x / sum(e) * s for x, s in zip(e, scores)]
@@ -469,9 +485,10 @@ CATALOG = [
     Entry("pure", "min-form PRM credit: softmin-weighted step rewards, token-count RLOO baseline, verifier reward",
           _PURE_PAPER,
           "confirmed", "groups, steps, step_rewards (PRM/judge in [-1, 1])"),
-    Entry("pure_sum", "sum-form contrast to PURE: discounted sum of PRM step rewards, same baseline",
+    Entry("pure_sum", "sum-form contrast to PURE: discounted sum of PRM step rewards, same baseline "
+          "(step_weight='uniform': the official --disable_weighted_reward, 1/K per step)",
           _PURE_PAPER,
-          "confirmed", "groups, steps, step_rewards (PRM/judge in [-1, 1])"),
+          "reconstructed", "groups, steps, step_rewards (PRM/judge in [-1, 1])"),
     Entry("capo", "GRPO advantage minus token penalties on steps a critique vote flags wrong",
           "CAPO: Towards Enhancing LLM Reasoning through Verifiable Generative Credit Assignment (arXiv 2508.02298)",
           "reconstructed", "groups, steps, step_rewards (wrong-vote fraction in [0, 1])"),

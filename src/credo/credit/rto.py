@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 
 

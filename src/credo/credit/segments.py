@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.gae import _whiten_loop, masked_whiten
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop

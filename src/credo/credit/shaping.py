@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
 

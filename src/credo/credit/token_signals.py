@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 from credo.objectives.entropy_aware import gtpo_conflict_deltas

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
 from credo.credit.turn_common import (

@@ -33,7 +33,7 @@ import math
 
 import torch
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
 from credo.credit.turn_common import (

@@ -5,8 +5,13 @@ Both differ from GRPO in the advantage (a separate part: `credo.credit`, names "
 so a run names the method it reproduces and the docstring / catalog records the reduction the paper
 prescribes. The trainer applies the reduction (`rl.loss_reduction`); these functions do not.
 
-RLOO, REINFORCE++ and REINFORCE++-baseline use the same PPO clipped surrogate (verl's "vanilla"
-loss): pair their credit estimators with the "grpo" objective (kl_coef = 0 gives exactly that loss).
+RLOO, REINFORCE++ and REINFORCE++-baseline use the same PPO clipped surrogate as verl's "vanilla"
+loss: pair their credit estimators with the "grpo" objective. With kl_coef = 0 the per-token loss
+equals verl's `compute_policy_loss_vanilla` wherever A >= 0 or r <= clip_ratio_c = 3, but not where
+A < 0 and r > 3: verl always dual-clips there (loss min(max(-A r, -A clip(r)), -3 A) = 3 |A|), and
+`grpo` does not (loss |A| r, unbounded). For verl's loss everywhere, use an objective with
+`dual_clip=3` (`ppo_clip_per_token(..., dual_clip=3.0)`; tests/test_objectives_baselines.py shows
+both cases).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from credo.objectives.base import OBJECTIVES, LossTerms
 from credo.objectives.common import add_kl_penalty
 from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
-from credo.catalog import Entry
+from credo.entry import Entry
 
 
 @OBJECTIVES.register("dr_grpo")

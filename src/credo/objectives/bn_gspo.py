@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from credo.batch import RolloutBatch
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.objectives.base import OBJECTIVES, LossTerms
 from credo.objectives.kl import kl_k3
 from credo.objectives.ratio_variants import gspo_loss

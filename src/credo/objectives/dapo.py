@@ -22,7 +22,7 @@ from credo.objectives.base import OBJECTIVES, LossTerms
 from credo.objectives.common import add_kl_penalty
 from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
-from credo.catalog import Entry
+from credo.entry import Entry
 
 
 @OBJECTIVES.register("dapo")

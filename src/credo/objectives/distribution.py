@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import torch
 
 from credo.batch import RolloutBatch
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.objectives.base import OBJECTIVES, LossTerms, PolicyOutputs, masked_mean, needs
 from credo.objectives.common import add_kl_penalty, ratio_metrics, token_log_ratio
 from credo.objectives.grpo import ppo_clip_per_token
@@ -109,9 +109,10 @@ def dcpo_loss(
     temperature (DCPO samples at 1.0). (2) H: the official code uses the previous update's
     "actor/entropy_loss" (mean sampled-token NLL, not full entropy) and H = 0 on the first step; a
     pure function has no history, so the default is the same NLL proxy on the current batch.
-    (3) p is over this micro-batch's rows (official: the whole rollout batch); with
-    rl.skip_zero_advantage = true the all-correct groups, which carry only the REINFORCE term, are
-    dropped before the update; set it to false to keep them. (4) p = 0 (official: division by zero)
+    (3) p is over this micro-batch's rows (official: the whole rollout batch); micro-batches hold
+    whole groups (the objective declares "whole_groups"). The all-correct groups, whose advantage is
+    0 and which carry only the REINFORCE term, are always kept: `ppo_update` ignores
+    rl.skip_zero_advantage for whole-group objectives. (4) p = 0 (official: division by zero)
     gives alpha = 0.
     Metrics: dcpo_alpha, dcpo_temperature, dcpo_entropy_estimate, dcpo_success_ratio, dcpo_rho_mean.
     Departs from GRPO: the extra alpha b rho term (a regulariser toward the tempered distribution).
@@ -324,8 +325,9 @@ def bupo_loss(
     Defaults (official BuPO_qwen3.sh): internal_layer k = 5 (0-based) = hidden_states[6] -> layer 6
     (k = 6 for Qwen3-8B), clip 0.2 / 0.2, dual clip 10, token-mean, no KL, temperature 1.0.
     Wiring: lm_head (and norm) are the model's callables, bound by `wire_internal_policy`; the trainer
-    does not bind them yet, so unwired this objective warns once and trains the FINAL policy with
-    GRPO (BuPO's phase 2) and logs bupo_internal = 0.
+    does this for any objective taking lm_head (`credo.train.run.rl_context`), so `rl.objective bupo`
+    trains the internal policy. Called without them (a direct call, an unwired caller), this
+    objective warns once, trains the FINAL policy with GRPO (BuPO's phase 2) and logs bupo_internal = 0.
     pi_old (documented deviation): the official code recomputes old logprobs at layer l. The batch
     holds final-layer ones, so old_logprobs="current" uses sg[pi_l] (ratio 1, on-policy; exact on the
     first minibatch); old_logprobs="batch" uses batch.behaviour_logprobs, for a trainer that stores

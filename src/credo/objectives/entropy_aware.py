@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from credo.batch import RolloutBatch
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.objectives.base import OBJECTIVES, LossTerms, PolicyOutputs, masked_mean, needs
 from credo.objectives.common import add_kl_penalty, ratio_metrics, token_log_ratio
 from credo.objectives.distribution import full_logprobs_at_mask

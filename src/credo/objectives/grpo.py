@@ -15,7 +15,7 @@ from credo.batch import RolloutBatch
 from credo.objectives.base import LOG_RATIO_CLAMP, OBJECTIVES, LossTerms, masked_mean
 from credo.objectives.common import add_kl_penalty
 from credo.objectives.kl import kl_k3
-from credo.catalog import Entry
+from credo.entry import Entry
 
 
 

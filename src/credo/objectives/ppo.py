@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from credo.batch import RolloutBatch
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.objectives.base import OBJECTIVES, LossTerms
 from credo.objectives.common import add_kl_penalty
 from credo.objectives.grpo import ppo_clip_per_token

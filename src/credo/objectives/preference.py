@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from credo.batch import RolloutBatch
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.objectives.base import OBJECTIVES, LossTerms, masked_mean, needs
 
 PAIRINGS = ("best_worst", "all")

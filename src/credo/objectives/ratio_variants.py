@@ -25,7 +25,7 @@ from credo.objectives.base import OBJECTIVES, LossTerms, masked_mean
 from credo.objectives.common import add_kl_penalty, ratio_metrics, token_log_ratio
 from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
-from credo.catalog import Entry
+from credo.entry import Entry
 
 SEQ_LOG_RATIO_MAX = 10.0  # as verl's GSPO: exp(10) ~ 2.2e4 is already far outside any clip range
 SAPO_DIAGNOSTIC_BAND = 0.2  # SAPO has no clip; clip_fraction reports |r - 1| > 0.2 to compare with PPO

@@ -13,8 +13,11 @@ of the full minibatch, whatever the split ("token_mean with a global count").
 | token_sum                 | sum(M*L)                                                            |
 
 Empty responses add nothing: they are excluded from row counts, and every denominator is guarded.
-`seq_mean_token_sum_norm` here divides by the row count too, so its scale matches the others and
-does not grow with the batch size (verl divides the token sum of the whole batch by C only).
+`seq_mean_token_sum_norm` is verl 0.9.1's: `agg_loss` takes the seq-mean-token-sum (token sums
+averaged over the non-empty sequences, `global_batch_size`) and divides it by `loss_scale_factor`
+(default: the mask width T; credo's trainer passes C = max_new_tokens, a constant as Dr.GRPO asks).
+Older verl (0.8.0.dev, commit b178a3c) divided the batch's token sum by C only, without the
+sequence count; credo follows 0.9.1.
 """
 
 from __future__ import annotations

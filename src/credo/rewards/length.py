@@ -16,6 +16,9 @@ Status: confirmed (verl `DAPORewardManager`, overlong_buffer: len, penalty_facto
 -1.0
 >>> overlong_penalty(torch.tensor([10, 17, 20]), max_length=20, cache_length=4)
 tensor([ 0.0000, -0.2500, -1.0000])
+
+In training: `rl.overlong_buffer` = cache_length (0 = off), max_length = sampling.max_new_tokens,
+`rl.overlong_penalty_factor`; `overlong_shaping` adds the penalty to the task reward before credit.
 """
 
 from __future__ import annotations
@@ -52,3 +55,21 @@ def overlong_penalty(
         return torch.clamp(-exceed / cache_length * penalty_factor, max=0.0) + 0.0  # + 0.0: no -0.0
     penalty = -(float(length) - expected) / cache_length * penalty_factor
     return penalty if penalty < 0 else 0.0
+
+
+def overlong_shaping(
+    rewards: torch.Tensor, lengths: torch.Tensor, *, max_length: int, cache_length: int, penalty_factor: float = 1.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The task rewards [B] plus DAPO's soft overlong penalty of each response's length [B] (tokens):
+    (shaped rewards [B] float32, metrics). Metrics: overlong_penalty_mean (mean penalty, <= 0),
+    overlong_fraction (share of responses inside the buffer or past it, penalty < 0).
+    Added to the reward as DAPO's reward manager does (reward = score + overlong_reward), so the
+    group baseline sees it; dynamic sampling filters on the task reward before it (verl's "acc").
+    """
+    penalty = overlong_penalty(lengths, max_length=max_length, cache_length=cache_length,
+                               penalty_factor=penalty_factor)
+    n = max(len(penalty), 1)
+    return rewards.to(torch.float32) + penalty, {
+        "overlong_penalty_mean": float(penalty.sum()) / n,
+        "overlong_fraction": float((penalty < 0).sum()) / n,
+    }

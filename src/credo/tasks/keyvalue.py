@@ -59,7 +59,7 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Sequence
 
-from credo.catalog import Entry
+from credo.entry import Entry
 from credo.errors import CredoError
 from credo.rewards.answer_tags import MAX_SCAN_CHARS
 from credo.tasks.base import Example, Score, draw_examples

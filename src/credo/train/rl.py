@@ -242,6 +242,8 @@ class RLContext:
     snr_lr: bool = False  # rl.snr_lr: OBLR-PO's learning rate from the gradient SNR (train/snr.py)
     lr_state: OBLRState | None = None  # its state after the steps done so far (checkpointed)
     lr_scale: float = 1.0  # the next step's lr = lr_at(step) * lr_scale (checkpointed)
+    dynamic_sampling: Callable | None = None  # rl.dynamic_sampling (select/dynamic_sampling.py::DynamicSampling)
+    overlong: Callable | None = None  # rl.overlong_buffer > 0: (rewards, lengths) -> (shaped, metrics)
 
 
 def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
@@ -255,6 +257,21 @@ def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: 
             group_ids.append(g)
             errors += raised
     return completions, scores, group_ids, errors
+
+
+def rollout_groups(ctx: RLContext, examples: Sequence[Example], prompt_ids: Sequence[int], seed: int):
+    """Encode, generate G completions per prompt (sampling seed `seed`) and score: the
+    generate-and-score step of a dynamic-sampling refill round. Prompts that do not fit the context
+    are left out. Returns (examples, prompt_ids, completions, scores, group_ids, verifier errors)."""
+    prompts = encode_prompts(ctx.tokenizer, ctx.task, examples)
+    drop = set(too_long(prompts, ctx.max_prompt_tokens))
+    keep = [i for i in range(len(examples)) if i not in drop]
+    examples, prompts, prompt_ids = [examples[i] for i in keep], [prompts[i] for i in keep], [prompt_ids[i] for i in keep]
+    if not examples:
+        return [], [], [], [], [], 0
+    groups = generate_groups(ctx.engine, ctx.tokenizer, ctx.task, examples, prompts, ctx.group_size, ctx.sampling,
+                             seed, ctx.max_prompt_tokens)
+    return (examples, list(prompt_ids), *score_groups(ctx.task, groups, examples, ctx.error_reward))
 
 
 def wants_grad_norms(credit: Callable) -> bool:
@@ -403,7 +420,16 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     t_gen = time.perf_counter()
     maybe_die("rollout")
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
+    selection = {} if ctx.dynamic_sampling is None else ctx.dynamic_sampling(  # DAPO: mixed groups only, refilled
+        ctx, step, examples, prompt_ids, completions, scores, group_ids, errors)
+    if selection:
+        examples, prompt_ids, completions, scores, group_ids, errors = selection.pop("batch")
+        if not examples:  # every round gave uniform groups: nothing to learn from this step
+            return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **selection}
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+    if ctx.overlong is not None:  # DAPO's soft overlong punishment, added to the task reward
+        rewards, length_metrics = ctx.overlong(rewards, torch.tensor([len(c.token_ids) for c in completions]))
+        selection.update(length_metrics)
     batch = build_batch(completions, rewards.tolist(), group_ids, pad_id=pad_token_id(ctx.tokenizer))
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
@@ -444,6 +470,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         **update,
         **credit_metrics,
         **turn_metrics(completions),
+        **selection,
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,

@@ -13,6 +13,7 @@ Run folder layout (`runs/<name>/`):
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import json
 import random
@@ -44,7 +45,9 @@ from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrit
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
-from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
+from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, rollout_groups
+from credo.rewards.length import overlong_shaping
+from credo.select import DynamicSampling
 from credo.train.snr import lr_state_from_json, lr_state_to_json
 from credo.train.sft import run_warmup
 
@@ -122,6 +125,9 @@ def validate(cfg: TrainConfig) -> None:
                              f"(rl.credit = \"spo\"), not {cfg.rl.credit!r}")
         if cfg.rl.prompt_pool <= 0:
             raise CredoError("rl.spo_prioritized draws from a prompt pool: set rl.prompt_pool > 0")
+    if cfg.rl.overlong_buffer > cfg.sampling.max_new_tokens:
+        raise CredoError(f"rl.overlong_buffer ({cfg.rl.overlong_buffer}) must not exceed sampling.max_new_tokens "
+                         f"({cfg.sampling.max_new_tokens}): the buffer is the last tokens before the limit")
     if cfg.rl.snr_lr and cfg.rl.minibatches < 2:
         raise CredoError(f"rl.snr_lr measures the gradient SNR across a step's minibatch gradients: "
                          f"set rl.minibatches >= 2 (got {cfg.rl.minibatches})")
@@ -277,6 +283,15 @@ def rl_context(run: Run) -> RLContext:
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale)
 
 
+def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
+    """DAPO's dynamic sampling (refill prompts from `prompts`) and soft overlong punishment."""
+    if rl.dynamic_sampling:
+        ctx.dynamic_sampling = DynamicSampling(prompts, seed, rl.max_sampling_rounds, rollout_groups)
+    if rl.overlong_buffer > 0:
+        ctx.overlong = functools.partial(overlong_shaping, max_length=max_new_tokens,
+                                         cache_length=rl.overlong_buffer, penalty_factor=rl.overlong_penalty_factor)
+
+
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
     state = {"stage": "rl", "rl_step": steps_done}
     if ctx.snr_lr:  # the lr of the next step is lr_at(step) * this lr_scale (exact resume)
@@ -295,6 +310,7 @@ def rl_stage(run: Run) -> None:
     # the persistent id of a prompt is its index in this list (see train/prompts.py)
     size = rl.prompt_pool if rl.prompt_pool > 0 else max(1, rl.steps * rl.prompts_per_step)
     prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
+    bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
     t = time.perf_counter()
     bar = _progress(rl.steps, "RL", run.cfg.run.progress)
