@@ -29,7 +29,9 @@ class RolloutBatch:
     rewards [B] float; group_ids [B] long (samples of the same prompt share an id);
     ref_logprobs [B, T] | None; old_logprobs [B, T] | None (behaviour-policy logprobs recomputed by
     the trainer; when None the sampler's are used); values [B, T] | None;
-    turn_ids / segment_ids [B, T] long | None (multi-turn and segment credit)."""
+    turn_ids / segment_ids [B, T] long | None (multi-turn and segment credit);
+    is_weights [B, T] float | None (importance-sampling correction weights, detached, multiplied
+    into the per-token loss; objectives/is_correction.py)."""
 
     tokens: torch.Tensor
     attention_mask: torch.Tensor
@@ -43,6 +45,7 @@ class RolloutBatch:
     values: torch.Tensor | None = None
     turn_ids: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None
+    is_weights: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.tokens.dim() != 2:
@@ -60,6 +63,7 @@ class RolloutBatch:
             "values": ((B, T), None),
             "turn_ids": ((B, T), torch.long),
             "segment_ids": ((B, T), torch.long),
+            "is_weights": ((B, T), None),
         }
         if self.tokens.dtype != torch.long:
             raise ValueError(f"RolloutBatch.tokens must be torch.long, got {self.tokens.dtype}")

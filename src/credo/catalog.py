@@ -56,8 +56,16 @@ def catalog_markdown() -> str:
         "Status: *confirmed* methods follow the authors' code or a reference implementation exactly;\n"
         "*reconstructed* ones implement the paper's stated math, and their docstrings say what was assumed.\n\n"
         "## Policy objectives (`rl.objective`)\n\n" + markdown(entries(credo.objectives)) + "\n\n"
-        "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n"
+        "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n\n"
+        "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n"
     )
+
+
+def correction_entries() -> list[Entry]:
+    """The rows of the importance-sampling corrections (objectives/is_correction.py)."""
+    from credo.objectives.is_correction import CORRECTIONS_CATALOG
+
+    return sorted(CORRECTIONS_CATALOG, key=lambda e: e.name)
 
 
 def print_catalog(what: str = "all") -> None:
@@ -75,6 +83,8 @@ def print_catalog(what: str = "all") -> None:
         print("\nobjectives:\n" + table(entries(credo.objectives)))
     if what in ("all", "credit"):
         print("\ncredit estimators:\n" + table(entries(credo.credit)))
+    if what in ("all", "corrections"):
+        print("\nimportance-sampling corrections (rl.is_correction):\n" + table(correction_entries()))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     credo train [--preset default|tiny] [--config FILE.toml] [--rl.clip_high 0.28 ...]
     credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500]
     credo generate --model PATH "What is 2+3?"
-    credo list [presets|tasks|objectives|credit]
+    credo list [presets|tasks|objectives|credit|corrections]
 
 User errors (unknown names, missing files, malformed data) print `error: ...` and exit with status 2.
 """
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "tasks", "objectives", "credit"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "tasks", "objectives", "credit", "corrections"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

@@ -64,6 +64,7 @@ class UpdateSettings:
     autocast_dtype: torch.dtype | None
     recompute_old_logprobs: bool = True
     entropy_coef: float = 0.0  # entropy bonus added to any objective: loss - coef * reduce(entropy)
+    correction: Callable | None = None  # rl.is_correction bound (objectives/is_correction.py); None = off
 
 
 def split_rows(
@@ -127,6 +128,17 @@ def recompute_old_logprobs(
     return old
 
 
+def apply_correction(batch: RolloutBatch, rows: torch.Tensor, correction: Callable
+                     ) -> tuple[RolloutBatch, dict[str, float]]:
+    """The batch with the IS correction's weights [B, T] and its reduced loss mask (dropped tokens leave
+    the numerator and the global token count), and the correction's diagnostics over `rows`."""
+    mask = torch.zeros_like(batch.loss_mask)
+    mask[rows] = batch.loss_mask[rows]
+    result = correction(batch.behaviour_logprobs, batch.sampler_logprobs, mask)
+    keep = torch.where(mask, result.keep, batch.loss_mask)  # rows outside `rows` are not trained anyway
+    return replace(batch, loss_mask=keep, is_weights=result.weights.float().detach()), result.metrics
+
+
 def ppo_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -159,6 +171,9 @@ def ppo_update(
     model.train()
     if settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
         batch = replace(batch, old_logprobs=recompute_old_logprobs(model, batch, rows, settings))
+    correction_metrics: dict[str, float] = {}
+    if settings.correction is not None:  # sampler/trainer mismatch and policy lag (rl.is_correction)
+        batch, correction_metrics = apply_correction(batch, rows, settings.correction)
     for _ in range(settings.epochs):
         for minibatch in split_rows(rows, batch.group_ids, settings.minibatches, generator, whole_groups):
             sub = batch.select(minibatch)
@@ -176,6 +191,8 @@ def ppo_update(
                 else:
                     terms = objective(outputs.logprobs, part)
                 per_token = terms.per_token
+                if part.is_weights is not None:  # detached IS weights; dropped tokens are off the mask
+                    per_token = per_token * part.is_weights
                 if settings.entropy_coef:
                     per_token = per_token - settings.entropy_coef * outputs.entropy
                 loss = reduce_loss(
@@ -208,6 +225,7 @@ def ppo_update(
             optimizer.zero_grad(set_to_none=True)
     out = {k: v / max(weight, 1.0) for k, v in sums.items()}
     out.update(extremes)
+    out.update(correction_metrics)
     out.update(updates=updates, skipped_updates=skipped,
                grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
                trained_sequences=len(rows))

@@ -36,6 +36,7 @@ from credo.errors import CredoError
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
 from credo.objectives.base import needs_of
+from credo.objectives.is_correction import IS_CORRECTIONS
 from credo.objectives.distribution import wire_internal_policy
 from credo.rollout import SamplingParams, TorchEngine
 from credo.tasks import make_task
@@ -107,6 +108,11 @@ def validate(cfg: TrainConfig) -> None:
     OBJECTIVES.get(cfg.rl.objective)
     CREDIT.get(cfg.rl.credit)
     KL_ESTIMATORS.get(cfg.rl.kl_estimator)
+    if cfg.rl.is_correction != "none":
+        IS_CORRECTIONS.get(cfg.rl.is_correction)
+        if not cfg.rl.recompute_old_logprobs:
+            raise CredoError(f"rl.is_correction {cfg.rl.is_correction!r} weighs trainer against sampler "
+                             f"logprobs: it needs rl.recompute_old_logprobs = true")
     if cfg.rl.loss_reduction not in REDUCTIONS:
         raise CredoError(f"unknown rl.loss_reduction {cfg.rl.loss_reduction!r}; valid: {', '.join(REDUCTIONS)}")
     if cfg.rl.critic_kind not in CRITIC_KINDS:
@@ -244,6 +250,8 @@ def rl_context(run: Run) -> RLContext:
         norm_constant=float(run.sampling.max_new_tokens), skip_zero_advantage=rl.skip_zero_advantage,
         autocast_dtype=run.dtype, recompute_old_logprobs=rl.recompute_old_logprobs,
         entropy_coef=rl.entropy_coef,
+        correction=None if rl.is_correction == "none" else bind_params(
+            IS_CORRECTIONS.get(rl.is_correction), {}, rl.is_params, "importance-sampling correction"),
     )
     optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
     critic = critic_opt = None
