@@ -118,8 +118,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rl.spo_prioritized:
         protocol = credit_state_of(CREDIT.get(cfg.rl.credit))
         if protocol is None or protocol.sampling_weights is None:
+            able = [n for n in CREDIT.names() if getattr(credit_state_of(CREDIT.get(n)), "sampling_weights", None)]
             raise CredoError(f"rl.spo_prioritized needs a stateful estimator with sampling weights "
-                             f"(rl.credit = \"spo\"), not {cfg.rl.credit!r}")
+                             f"(rl.credit = one of {', '.join(able)}), not {cfg.rl.credit!r}")
         if cfg.rl.prompt_pool <= 0:
             raise CredoError("rl.spo_prioritized draws from a prompt pool: set rl.prompt_pool > 0")
     if cfg.rl.snr_lr and cfg.rl.minibatches < 2:
