@@ -40,6 +40,7 @@ from credo.rollout import SamplingParams, TorchEngine
 from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
+from credo.train.sampled_eval import evaluate_sampled, format_sampled
 from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrite_metrics
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
@@ -164,11 +165,16 @@ class Run:
         result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
                           batch_size=self.cfg.task.eval_batch_size,
                           max_prompt_tokens=max_prompt_tokens(self.model, self.sampling))
+        if self.cfg.task.eval_samples > 0:  # pass@k, maj@k, mean@k from K samples per prompt
+            result.update(evaluate_sampled(self.engine, self.tokenizer, self.task, self.test, self.sampling,
+                                           samples=self.cfg.task.eval_samples,
+                                           batch_size=self.cfg.task.eval_batch_size, seed=self.cfg.run.seed,
+                                           max_prompt_tokens=max_prompt_tokens(self.model, self.sampling)))
         self.timings[f"eval_{label}"] = time.perf_counter() - t
         self.summary[label] = result
         self.writer.write({"phase": "eval", "stage": label, **result})
         print(f"credo: held-out accuracy {label}: {result['accuracy']:.1%} "
-              f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
+              f"(format {result['format_rate']:.1%}, n={result['n']}){format_sampled(result)}", flush=True)
 
 
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:
