@@ -1,7 +1,7 @@
 """`credo` command line: train, eval, generate, list.
 
     credo train [--preset default|tiny] [--config FILE.toml] [--rl.clip_high 0.28 ...]
-    credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500]
+    credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500] [--samples 8]
     credo generate --model PATH "What is 2+3?"
     credo list [presets|tasks|objectives|credit|corrections]
 
@@ -92,14 +92,20 @@ def cmd_eval(args, rest) -> int:
     from credo.rollout import SamplingParams, TorchEngine
     from credo.train.evaluate import evaluate
     from credo.train.run import PRECISIONS
+    from credo.train.sampled_eval import check_sampled_args, evaluate_sampled
 
+    temperature = check_sampled_args(args.samples, args.temperature)
     cfg, task = _task_from(args, rest)
     policy = load_policy(args.model)
     engine = TorchEngine(policy.model, policy.tokenizer, autocast_dtype=PRECISIONS[cfg.model.precision])
     sc = cfg.sampling
     sampling = SamplingParams(0.0, 1.0, 0, sc.max_new_tokens, tuple(sc.stop))
-    result = evaluate(engine, policy.tokenizer, task, task.examples("test", args.n, seed=0), sampling,
-                      batch_size=cfg.task.eval_batch_size)
+    examples = task.examples("test", args.n, seed=0)
+    result = evaluate(engine, policy.tokenizer, task, examples, sampling, batch_size=cfg.task.eval_batch_size)
+    if args.samples:  # pass@k, maj@k, mean@k beside greedy accuracy (train/sampled_eval.py)
+        sampled = SamplingParams(temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop))
+        result.update(evaluate_sampled(engine, policy.tokenizer, task, examples, sampled, samples=args.samples,
+                                       batch_size=cfg.task.eval_batch_size, seed=args.seed))
     print(json.dumps({"model": policy.source, "task": task.name, **result}, indent=2))
     return 0
 
@@ -145,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--task", default="arith", help="task name (credo list tasks)")
         p.set_defaults(func=func)
     sub.choices["eval"].add_argument("--n", type=int, default=500, help="held-out problems")
+    from credo.train.sampled_eval import add_eval_arguments
+
+    add_eval_arguments(sub.choices["eval"])  # --samples K, --temperature, --seed: pass@k / maj@k / mean@k
     gen = sub.choices["generate"]
     gen.add_argument("prompt", help="the user message")
     gen.add_argument("--n", type=int, default=1, help="completions to sample")

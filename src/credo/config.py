@@ -62,6 +62,10 @@ class TaskConfig:
     """Held-out problems scored by greedy decoding before warm-up, after warm-up and after RL."""
     eval_batch_size: int = 100
     """Prompts per generation call during evaluation."""
+    eval_samples: Annotated[int, Range(lo=0)] = 0
+    """K > 0: every held-out evaluation also samples K completions per prompt (sampling.* settings)
+    and reports pass@k, maj@k (k = 1, K and the powers of two between) and mean@K beside greedy
+    accuracy (`train/sampled_eval.py`); 0 = greedy only."""
 
 
 @dataclass

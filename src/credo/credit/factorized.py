@@ -15,6 +15,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, broadcast_steps, token_level
+from credo.credit.providers import StepContext, provides_extras, provides_steps, token_texts
 from credo.credit.outcome import grpo_advantages
 
 PHASES = 2  # 0: candidate generation, 1: ranking
@@ -98,6 +99,48 @@ def f_grpo_advantages_loop(inputs: CreditInputs, *, eps: float = 1e-6, scale_by_
         [per_phase[b][ids[b][t]] if mask[b][t] and ids[b][t] >= 0 else 0.0 for t in range(len(mask[b]))]
         for b in range(len(mask))
     ]
+
+
+# -- what training hands this estimator (credit/providers.py) ----------------------------------------
+
+
+@provides_steps(f_grpo_advantages)
+def phase_steps(ctx: StepContext) -> torch.Tensor:
+    """F-GRPO's two phases: 0 (candidate generation) before the first token at which the completion's
+    text contains `phase_marker` (default "<answer>": the reasoning, then the answer), 1 from there on."""
+    marker = ctx.sources.phase_marker
+    cache: dict[int, str] = {}
+    batch = ctx.batch
+    step_ids = torch.full(batch.tokens.shape, -1, dtype=torch.long)
+    for b in range(len(batch)):
+        cols = torch.nonzero(batch.loss_mask[b]).flatten().tolist()
+        text, phase = "", 0
+        for c, piece in zip(cols, token_texts(ctx.sources.tokenizer, batch.tokens[b, cols].tolist(), cache)):
+            text += piece
+            if phase == 0 and marker in text:
+                phase = 1
+            step_ids[b, c] = phase
+    return step_ids
+
+
+@provides_extras(f_grpo_advantages)
+def phase_rewards(ctx: StepContext) -> dict:
+    """phase_rewards [B, 2]: the task's `phase_scores(example, completion) -> (coverage, utility)` when
+    it has one; otherwise (format reward, outcome reward): the first phase is judged on producing a
+    well-formed answer, the second on the answer itself."""
+    task = ctx.sources.task
+    rows = []
+    for b, completion in enumerate(ctx.completions):
+        example = ctx.examples[b]
+        try:
+            if hasattr(task, "phase_scores"):
+                rows.append([float(x) for x in task.phase_scores(example, completion.text)])
+            else:
+                score = task.score(completion.text, example)
+                rows.append([float(score.formatted), float(score.reward)])
+        except Exception:  # model output must never crash training: a failed verifier scores 0
+            rows.append([0.0, 0.0])
+    return {"phase_rewards": torch.tensor(rows, dtype=torch.float32).nan_to_num(0.0)}
 
 
 # The catalog rows of this module's methods (`credo list`).

@@ -18,6 +18,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
+from credo.credit.providers import StepContext, mc_probe, provides_extras
 
 # -- MA-RLHF ---------------------------------------------------------------------------------------
 
@@ -561,6 +562,29 @@ def brpo_loop(
                 if bool(inputs.loss_mask[g, t]):
                     out[g][t] = cot_return(g, s) - baseline
     return torch.tensor(out, dtype=torch.float32).reshape(B, T)
+
+
+# -- what training hands this estimator (credit/providers.py) ----------------------------------------
+
+BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+
+
+@provides_extras(brpo)
+def budget_probes(ctx: StepContext) -> dict:
+    """BRPO's budgets: the response is cut at BUDGET_FRACTIONS of its length; each cut is scored by
+    Monte Carlo continuations from the cut (the forced answer; counted as probe rollouts), the full
+    response by its own reward. budget_scores [B, S], budget_positions [B, S] (tokens[b, :pos] kept)."""
+    batch, probe = ctx.batch, mc_probe(ctx)
+    B, S = len(batch), len(BUDGET_FRACTIONS)
+    scores = torch.zeros(B, S, dtype=torch.float32)
+    positions = torch.zeros(B, S, dtype=torch.long)
+    for b, completion in enumerate(ctx.completions):
+        start, length = len(completion.prompt_ids), len(completion.token_ids)
+        for s, frac in enumerate(BUDGET_FRACTIONS):
+            cut = start + int(round(frac * length))
+            positions[b, s] = cut
+            scores[b, s] = float(batch.rewards[b]) if cut >= start + length else probe(b, cut)
+    return {"budget_scores": scores, "budget_positions": positions}
 
 
 CATALOG = [

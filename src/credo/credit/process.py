@@ -30,6 +30,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, broadcast_steps, num_steps, step_sum, token_level
+from credo.credit.providers import transforms_step_rewards
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 
 # -- shared pieces -------------------------------------------------------------------------------
@@ -480,6 +481,15 @@ def grounded_prm_loop(inputs: CreditInputs, *, verify_weight: float = 0.5,
 
 _PURE_PAPER = ("Stop Summation: Min-Form Credit Assignment Is All Process Reward Model Needs for Reasoning "
                "(arXiv 2504.15275)")
+
+# -- what training hands this estimator (credit/providers.py) ----------------------------------------
+
+
+@transforms_step_rewards(capo)
+def capo_votes(scores: torch.Tensor) -> torch.Tensor:
+    """CAPO reads the fraction of critiques calling a step wrong, not the judge's score itself."""
+    return judge_wrong_fraction(scores)
+
 
 CATALOG = [
     Entry("pure", "min-form PRM credit: softmin-weighted step rewards, token-count RLOO baseline, verifier reward",

@@ -13,6 +13,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
+from credo.credit.providers import StepContext, provides_extras, score_tokens
 
 
 def _check(inputs: CreditInputs, gamma: float, lam: float) -> torch.Tensor:
@@ -116,6 +117,24 @@ def rto_advantages_loop(
             adv[t] = running
         out.append(adv)
     return out
+
+
+# -- what training hands this estimator (credit/providers.py) ----------------------------------------
+
+
+@provides_extras(rto_advantages)
+def dpo_logprobs(ctx: StepContext) -> dict:
+    """dpo_logprobs [B, T]: the sampled tokens scored by RTO's frozen DPO model (`rl.dpo_model`: a
+    model folder, a credo checkpoint or a preset name), loaded once."""
+    src = ctx.sources
+    if not src.dpo_model:
+        raise ValueError("credit estimator rto needs a DPO-trained model: set rl.dpo_model to its folder "
+                         "(a Hugging Face folder or a credo checkpoint)")
+    if "dpo_model" not in src.cache:
+        from credo.models import load_policy
+
+        src.cache["dpo_model"] = load_policy(src.dpo_model).model.eval().requires_grad_(False)
+    return {"dpo_logprobs": score_tokens(ctx, src.cache["dpo_model"], ctx.batch)}
 
 
 # The catalog rows of this module's methods (`credo list`).

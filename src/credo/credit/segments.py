@@ -20,6 +20,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
+from credo.credit.providers import StepContext, provides_extras
 from credo.credit.gae import _whiten_loop, masked_whiten
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 
@@ -469,6 +470,16 @@ def tempo_loop(inputs: CreditInputs, *, lam: float = 1.0, eps: float = 1e-6, sca
                 td = value(there) - value(here) if len(continuations[here]) >= 2 else 0.0
                 out[b][t] = a_grpo[b] + lam * td
     return torch.tensor(out, dtype=torch.float32).reshape(B, T)
+
+
+# -- what training hands this estimator (credit/providers.py) ----------------------------------------
+
+
+@provides_extras(spo_tree)
+def spo_tree_from_tokens(ctx: StepContext) -> dict:
+    """No sampled tree: the estimator builds it from the group's shared token prefixes (fixed segment
+    length), so the trainer passes nothing extra."""
+    return {}
 
 
 CATALOG = [

@@ -4,7 +4,7 @@ ASPO shapes the advantage, not the reward, so the shaping cannot be washed out (
 group normalisation and can be bounded relative to the correctness advantage. `aspo_shape_advantages`
 is the pure shaping of any [B] advantages; the registered estimator `aspo` applies it to GRPO's
 advantages, reading the first-call positions from `CreditInputs.extras` (in training: the position of
-the first tool call, `<call>`, in each completion; see train/credit_inputs.py).
+the first tool call, `<call>`, in each completion; see `first_call_positions` below).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
+from credo.credit.providers import StepContext, provides_extras
 from credo.credit.outcome import grpo_advantages
 
 
@@ -117,6 +118,22 @@ def aspo_advantages(inputs: CreditInputs, *, delta: float = 1.0, clip_k: float =
     base = grpo_advantages(inputs.rewards, inputs.group_ids)
     shaped = aspo_shape_advantages(base, inputs.rewards > 0, pos, inputs.group_ids, delta=delta, clip_k=clip_k, eps=eps)
     return shaped[:, None].to(torch.float32) * inputs.loss_mask.to(torch.float32)
+
+
+# -- what training hands this estimator (credit/providers.py) ----------------------------------------
+
+TOOL_CALL_MARKER = "<call>"
+
+
+@provides_extras(aspo_advantages)
+def first_call_positions(ctx: StepContext) -> dict:
+    """first_call_positions [B]: where the first tool call (TOOL_CALL_MARKER) starts in each completion,
+    as a fraction of the completion's text length; NaN when it makes no call."""
+    out = []
+    for c in ctx.completions:
+        at = c.text.find(TOOL_CALL_MARKER)
+        out.append(at / max(len(c.text), 1) if at >= 0 else float("nan"))
+    return {"first_call_positions": torch.tensor(out, dtype=torch.float64)}
 
 
 CATALOG = [

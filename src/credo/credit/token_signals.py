@@ -27,6 +27,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
+from credo.credit.providers import StepContext, provides_extras, score_tokens, token_texts
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 from credo.objectives.entropy_aware import gtpo_conflict_deltas
 
@@ -623,6 +624,57 @@ def d3s_token_loop(inputs: CreditInputs, *, keep_ratio: float = 0.5, scale_by_st
     out = _zeros_loop(inputs)
     for _, b, t in kept:
         out[b][t] = adv[b]
+    return out
+
+
+# -- what training hands these estimators (credit/providers.py) --------------------------------------
+
+# A small built-in stand-in for HICRA's Strategic-Gram lexicon (the paper mines n-grams offline with
+# a sentence embedder): words that open a plan, a check or a change of course.
+PLANNING_WORDS = frozenset({"first", "then", "next", "so", "therefore", "let", "wait", "check", "verify",
+                            "instead", "because", "step", "plan", "try", "recall", "finally", "but"})
+
+
+@provides_extras(hicra_gram)
+def planning_mask(ctx: StepContext) -> dict:
+    """planning_mask [B, T] bool: loss tokens whose text is a planning word (PLANNING_WORDS)."""
+    batch, cache = ctx.batch, {}
+    mask = torch.zeros(batch.tokens.shape, dtype=torch.bool)
+    for b in range(len(batch)):
+        cols = torch.nonzero(batch.loss_mask[b]).flatten().tolist()
+        for c, text in zip(cols, token_texts(ctx.sources.tokenizer, batch.tokens[b, cols].tolist(), cache)):
+            mask[b, c] = text.strip().lower() in PLANNING_WORDS
+    return {"planning_mask": mask}
+
+
+CONTRAST_SUFFIX = {"pos": " Write the best possible response.", "neg": " Write a wrong response."}
+
+
+@provides_extras(t_reg)
+def contrastive_logprobs(ctx: StepContext) -> dict:
+    """T-REG's self-generated token rewards: the sampled completion tokens scored by the policy under
+    the prompt plus CONTRAST_SUFFIX["pos"] and plus ["neg"] (two extra teacher-forced passes)."""
+    from dataclasses import replace as _replace
+
+    from credo.batch import build_batch
+    from credo.rollout.base import Completion
+    from credo.train.evaluate import encode_prompts, pad_token_id
+
+    src, batch = ctx.sources, ctx.batch
+    out = {}
+    for side, suffix in CONTRAST_SUFFIX.items():
+        examples = [_replace(ex, prompt=ex.prompt + suffix) for ex in ctx.examples]
+        prompts = encode_prompts(src.tokenizer, src.task, examples)
+        moved = [Completion(p, c.token_ids, c.logprobs, c.trainable, c.finish_reason, c.text)
+                 for p, c in zip(prompts, ctx.completions)]
+        shifted = build_batch(moved, batch.rewards.tolist(), batch.group_ids.tolist(),
+                              pad_id=pad_token_id(src.tokenizer))
+        lp = score_tokens(ctx, src.model, shifted)
+        aligned = torch.zeros(batch.tokens.shape, dtype=torch.float32)
+        for b, (c, p) in enumerate(zip(ctx.completions, prompts)):  # back to the batch's positions
+            k = len(c.token_ids)
+            aligned[b, len(c.prompt_ids): len(c.prompt_ids) + k] = lp[b, len(p): len(p) + k]
+        out[f"contrastive_logprobs_{side}"] = torch.where(batch.loss_mask, aligned, torch.zeros_like(aligned))
     return out
 
 

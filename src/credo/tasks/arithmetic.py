@@ -71,6 +71,15 @@ class ArithmeticTask:
         correct = formatted and value is not None and str(value) == example.answer
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
 
+    def final_answer(self, completion: str, example: Example) -> str | None:
+        """The integer in the answer tag, written canonically ("+068" -> "68"), for majority voting;
+        a tag holding no integer votes for its raw text; no vote without the strict format."""
+        if not only_answer(completion):
+            return None
+        raw = extract_answer(completion)
+        value = parse_int(raw)
+        return raw if value is None else str(value)
+
     def step_truth(self, example: Example, steps: list[str]) -> list[float]:
         """Exact per-step scores, checked by a calculator (tool-verified step labels): a step with an
         answer tag scores +1 if the answer is right, else -1; a step with an equation "a op b = c"

@@ -65,6 +65,38 @@ class Task(Protocol):
     # of a completion (+1 right, -1 wrong, 0 neutral), for step-level credit: a synthetic judge / PRM
     # adds noise and bias to it (credit/judges.py). Tasks without it get an outcome-only judge.
 
+    # Optional: `final_answer(completion, example) -> str | None`, the answer a completion commits to,
+    # in a canonical form (equal answers give equal strings), or None when it commits to none; what
+    # majority voting (maj@k) counts. Default (`final_answer` below): the first answer tag's content.
+
+
+def final_answer(task: Task, completion: str, example: Example) -> str | None:
+    """The final answer of a completion, for majority voting (maj@k, `train/sampled_eval.py`).
+
+    The task's own `final_answer(completion, example)` when it has one; otherwise the stripped content
+    of the answer tag of a completion that is exactly one answer tag (the strict format every built-in
+    verifier requires: a completion the verifier rejects for its format casts no vote). An empty
+    answer is no answer. Never raises on model output: a task method that raises, or returns
+    something other than a string, gives None.
+
+    >>> class Plain: pass
+    >>> final_answer(Plain(), " <answer> 42 </answer>", Example("", "42", ""))
+    '42'
+    >>> final_answer(Plain(), "<answer>42</answer> and more", Example("", "42", "")) is None
+    True
+    """
+    own = getattr(task, "final_answer", None)
+    if own is None:
+        from credo.rewards.answer_tags import extract_answer, only_answer
+
+        answer = extract_answer(completion) if only_answer(completion) else None
+    else:
+        try:
+            answer = own(completion, example)
+        except Exception:  # noqa: BLE001 - model output never crashes an evaluation; no answer, no vote
+            return None
+    return answer if isinstance(answer, str) and answer else None
+
 
 def stable_hash(key: str) -> int:
     """A hash that is the same in every process and Python version (unlike `hash`)."""

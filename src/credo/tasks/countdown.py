@@ -199,6 +199,16 @@ class CountdownTask:
             meta={"level": self.difficulty, "numbers": tuple(numbers), "target": target},
         )
 
+    def final_answer(self, completion: str, example: Example) -> str | None:
+        """The exact value of a valid expression (two expressions reaching the same number give the
+        same answer), else the expression's raw text, for majority voting; no vote without the strict
+        format."""
+        if not only_answer(completion):
+            return None
+        raw = extract_answer(completion)
+        value = evaluate(raw, example.meta.get("numbers", ()))
+        return raw if value is None else str(value)
+
     def score(self, completion: str, example: Example) -> Score:
         formatted = only_answer(completion)
         correct = False

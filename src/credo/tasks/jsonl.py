@@ -177,6 +177,21 @@ class JsonlTask:
             return False
         return math.isclose(value, expected, rel_tol=1e-6)
 
+    def final_answer(self, completion: str, example: Example) -> str | None:
+        """The answer in the tag, canonical under `match` ("int": the integer; "float": the number to
+        9 significant digits; "exact": the stripped text), else the raw text, for majority voting; no
+        vote without the strict format."""
+        if not only_answer(completion):
+            return None
+        raw = extract_answer(completion)
+        if self.match == "int":
+            value = parse_int(raw)
+            return raw if value is None else str(value)
+        if self.match == "float":
+            number = parse_float(raw)
+            return raw if number is None else f"{number:.9g}"
+        return raw
+
     def score(self, completion: str, example: Example) -> Score:
         formatted = only_answer(completion)
         correct = formatted and self._matches(extract_answer(completion), example.answer)

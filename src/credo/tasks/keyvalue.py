@@ -197,9 +197,10 @@ class KeyValueTask:
 
     # -- single-turn verifier on the whole transcript --------------------------------------------
 
-    def score(self, completion: str, example: Example) -> Score:
+    def _transcript(self, completion: str, example: Example) -> tuple[bool, str | None]:
+        """(well-formed transcript, the final answer's stripped text or None)."""
         if not isinstance(completion, str) or len(completion) > MAX_SCAN_CHARS:
-            return Score(0.0, False, False)
+            return False, None
         state = self.reset(example)
         pos, calls, formatted = 0, 0, True
         while (pair := _PAIR.match(completion, pos)) is not None:
@@ -211,6 +212,15 @@ class KeyValueTask:
             pos = pair.end()
         final = _ANSWER.fullmatch(completion, pos)
         formatted = formatted and final is not None and calls < self.max_turns
+        return formatted, None if final is None else final.group(1).strip()
+
+    def final_answer(self, completion: str, example: Example) -> str | None:
+        """The final answer of a well-formed transcript, for majority voting; None otherwise."""
+        formatted, answer = self._transcript(completion, example)
+        return answer if formatted else None
+
+    def score(self, completion: str, example: Example) -> Score:
+        formatted, answer = self._transcript(completion, example)
         # as in the other tasks, an answer only counts inside a well-formed transcript
-        correct = formatted and final.group(1).strip() == example.answer
+        correct = formatted and answer == example.answer
         return Score(reward=1.0 if correct and formatted else 0.0, correct=correct, formatted=formatted)

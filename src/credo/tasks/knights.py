@@ -198,6 +198,18 @@ class KnightsKnavesTask:
         return draw_examples(f"knights difficulty {self.difficulty}", split, n, rng, self._draw,
                              lambda p: render_puzzle(p[0]), make, noun="puzzles")
 
+    def final_answer(self, completion: str, example: Example) -> str | None:
+        """The roles as a canonical "name=knight|knave" list sorted by name (any wording or order of
+        the same roles gives the same answer), else the raw answer text, for majority voting; no vote
+        without the strict format."""
+        if not only_answer(completion):
+            return None
+        raw = extract_answer(completion)
+        roles = parse_roles(raw)
+        if roles is None:
+            return raw
+        return ",".join(f"{name}={'knight' if r else 'knave'}" for name, r in sorted(roles.items()))
+
     def score(self, completion: str, example: Example) -> Score:
         formatted = only_answer(completion)
         correct = False

@@ -42,6 +42,7 @@ from credo.rollout import SamplingParams, TorchEngine
 from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
+from credo.train.sampled_eval import evaluate_sampled, format_sampled
 from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrite_metrics
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
@@ -127,8 +128,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rl.spo_prioritized:
         protocol = credit_state_of(CREDIT.get(cfg.rl.credit))
         if protocol is None or protocol.sampling_weights is None:
+            able = [n for n in CREDIT.names() if getattr(credit_state_of(CREDIT.get(n)), "sampling_weights", None)]
             raise CredoError(f"rl.spo_prioritized needs a stateful estimator with sampling weights "
-                             f"(rl.credit = \"spo\"), not {cfg.rl.credit!r}")
+                             f"(rl.credit = one of {', '.join(able)}), not {cfg.rl.credit!r}")
         if cfg.rl.prompt_pool <= 0:
             raise CredoError("rl.spo_prioritized draws from a prompt pool: set rl.prompt_pool > 0")
     if cfg.rl.overlong_buffer > cfg.sampling.max_new_tokens:
@@ -175,11 +177,16 @@ class Run:
         result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
                           batch_size=self.cfg.task.eval_batch_size,
                           max_prompt_tokens=max_prompt_tokens(self.model, self.sampling))
+        if self.cfg.task.eval_samples > 0:  # pass@k, maj@k, mean@k from K samples per prompt
+            result.update(evaluate_sampled(self.engine, self.tokenizer, self.task, self.test, self.sampling,
+                                           samples=self.cfg.task.eval_samples,
+                                           batch_size=self.cfg.task.eval_batch_size, seed=self.cfg.run.seed,
+                                           max_prompt_tokens=max_prompt_tokens(self.model, self.sampling)))
         self.timings[f"eval_{label}"] = time.perf_counter() - t
         self.summary[label] = result
         self.writer.write({"phase": "eval", "stage": label, **result})
         print(f"credo: held-out accuracy {label}: {result['accuracy']:.1%} "
-              f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
+              f"(format {result['format_rate']:.1%}, n={result['n']}){format_sampled(result)}", flush=True)
 
 
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:

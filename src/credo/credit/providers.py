@@ -1,0 +1,173 @@
+"""Signal providers: the method-specific inputs of a token-level credit estimator, computed from a
+rollout batch before the estimator runs.
+
+An estimator stays a pure function of `CreditInputs`; what only it needs (F-GRPO's phases, RTO's DPO
+logprobs, BRPO's budget probes, HICRA's planning tokens, T-REG's contrastive logprobs, ASPO's first
+tool call, CAPO's critique votes) is produced by a provider that the method's own module registers
+next to the estimator with one of three decorators:
+
+    @provides_extras(my_estimator)          fn(StepContext) -> dict   -> CreditInputs.extras
+    @provides_steps(my_estimator)           fn(StepContext) -> step_ids [B, T] (steps that are not
+                                            lines or turns)
+    @transforms_step_rewards(my_estimator)  fn(step_rewards [B, K]) -> [B, K] (a signal derived from
+                                            the judge's scores)
+
+The registration is a mark on the estimator function itself (like `token_level`), so it survives
+`functools.partial` binding and a user's estimator loaded by dotted path can carry its own provider.
+The trainer (`train/credit_inputs.py`) never names a method: it asks `extras_provider_of(credit)`,
+`steps_provider_of(credit)` and `step_reward_transform_of(credit)` and calls what it gets.
+
+`CreditSources` (what the runner binds once: model, tokenizer, engine, task, judge, ...) and
+`StepContext` (one rollout batch) are what a provider reads; `token_texts`, `mc_probe` and
+`score_tokens` are the shared tools providers build on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from credo.batch import RolloutBatch
+from credo.credit.base import _unwrap
+from credo.credit.judges import SyntheticJudge
+from credo.rollout.base import Completion, SamplingParams
+from credo.tasks.base import Example
+
+
+@dataclass
+class CreditSources:
+    """What the runner binds once for building credit inputs."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    engine: Any
+    task: Any
+    sampling: SamplingParams
+    judge: SyntheticJudge
+    probe_samples: int = 4
+    temperature: float = 1.0
+    autocast_dtype: torch.dtype | None = None
+    micro_batch_size: int = 32
+    critic: Any = None
+    phase_marker: str = "<answer>"
+    dpo_model: str = ""
+    cache: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=lambda: {"probe_rollouts": 0, "judge_calls": 0})
+
+
+@dataclass
+class StepContext:
+    """The raw material of one rollout batch, handed to providers."""
+
+    sources: CreditSources
+    batch: RolloutBatch
+    completions: Sequence[Completion]
+    examples: Sequence[Example]  # examples[b]: the example of row b
+
+
+ExtrasProvider = Callable[[StepContext], dict[str, Any]]
+StepsProvider = Callable[[StepContext], torch.Tensor]
+StepRewardTransform = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _marker(attribute: str, what: str):
+    def decorator_for(estimator: Callable) -> Callable:
+        target = _unwrap(estimator)
+
+        def register(fn: Callable) -> Callable:
+            if getattr(target, attribute, None) is not None:
+                raise ValueError(f"credit estimator {target.__name__} already has a {what}")
+            setattr(target, attribute, fn)
+            return fn
+
+        return register
+
+    return decorator_for
+
+
+provides_extras = _marker("credit_extras_provider", "extras provider")
+provides_steps = _marker("credit_steps_provider", "steps provider")
+transforms_step_rewards = _marker("credit_step_reward_transform", "step-reward transform")
+
+
+def extras_provider_of(credit: Callable) -> ExtrasProvider | None:
+    """The provider of the estimator's `extras` (also through functools.partial); None if none."""
+    return getattr(_unwrap(credit), "credit_extras_provider", None)
+
+
+def steps_provider_of(credit: Callable) -> StepsProvider | None:
+    """The estimator's own step segmentation; None: lines of the completion, or turns."""
+    return getattr(_unwrap(credit), "credit_steps_provider", None)
+
+
+def step_reward_transform_of(credit: Callable) -> StepRewardTransform | None:
+    """The map from the judge's step scores to the estimator's step signal; None: the scores."""
+    return getattr(_unwrap(credit), "credit_step_reward_transform", None)
+
+
+# -- tools providers share ---------------------------------------------------------------------------
+
+
+def token_texts(tokenizer, ids: Sequence[int], cache: dict[int, str]) -> list[str]:
+    """The decoded text of each token id (memoised in `cache`)."""
+    out = []
+    for i in ids:
+        if i not in cache:
+            cache[i] = tokenizer.decode([i])
+        out.append(cache[i])
+    return out
+
+
+def mc_probe(ctx: StepContext) -> Callable[[int, int], float]:
+    """probe(b, t): mean reward of `probe_samples` continuations of row b's prefix tokens[b, :t]."""
+    src, batch = ctx.sources, ctx.batch
+    cache: dict[tuple[int, int], float] = {}
+
+    def probe(b: int, t: int) -> float:
+        if (b, t) in cache:
+            return cache[(b, t)]
+        completion = ctx.completions[b]
+        p = len(completion.prompt_ids)
+        prefix = batch.tokens[b, :t].tolist()
+        done = completion.token_ids[: max(t - p, 0)]
+        budget = src.sampling.max_new_tokens - len(done)
+        if budget <= 0:  # nothing left to sample: the prefix is the whole response
+            value = float(batch.rewards[b])
+        else:
+            params = SamplingParams(src.sampling.temperature, src.sampling.top_p, src.sampling.top_k,
+                                    budget, src.sampling.stop)
+            seed = hash((b, t, int(batch.tokens[b].sum()))) % (2**31)
+            conts = src.engine.generate([prefix], src.probe_samples, params, seed=seed)[0]
+            head = src.tokenizer.decode(done, skip_special_tokens=True)
+            rewards = []
+            for cont in conts:
+                try:
+                    rewards.append(float(src.task.score(head + cont.text, ctx.examples[b]).reward))
+                except Exception:  # a verifier must not crash training; score it as a failure
+                    rewards.append(0.0)
+            src.counters["probe_rollouts"] += len(conts)
+            value = sum(rewards) / len(rewards)
+        cache[(b, t)] = value
+        return value
+
+    return probe
+
+
+@torch.no_grad()
+def score_tokens(ctx: StepContext, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """[B, T] logprobs of `batch`'s tokens under `model` (teacher-forced, no grad, in micro-batches
+    with the run's autocast and temperature); 0 off the loss mask."""
+    from credo.logprobs import token_logprobs
+    from credo.rollout.torch_engine import autocast_context
+
+    src = ctx.sources
+    out = torch.zeros(batch.tokens.shape, dtype=torch.float32)
+    for rows in torch.arange(len(batch)).split(src.micro_batch_size):
+        part = batch.select(rows)
+        with autocast_context(src.autocast_dtype, part.tokens.device):
+            lp = token_logprobs(model, part.tokens, part.attention_mask, part.loss_mask,
+                                temperature=src.temperature)
+        out[rows, : part.tokens.shape[1]] = lp.float()
+    return out
