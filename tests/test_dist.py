@@ -54,12 +54,14 @@ def _one_process(out: Path, name: str, *extra: str) -> Path:
     return out / name
 
 
-def _torchrun(out: Path, name: str, *extra: str, ranks: int = 2) -> Path:
+def _torchrun(out: Path, name: str, *extra: str, ranks: int = 2, resume: bool = False) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
            "--master_addr", "127.0.0.1", "--master_port", str(_port()),
-           "-m", "credo", "train", *ARGS, "--run.out_dir", str(out), "--run.name", name, *extra]
+           "-m", "credo", "train",
+           *(["--resume", str(out / name)] if resume else [*ARGS, "--run.out_dir", str(out), "--run.name", name]),
+           *extra]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"torchrun failed ({done.returncode}):\n{done.stderr[-4000:]}"
     return out / name
@@ -118,10 +120,7 @@ def test_dcp_checkpoint_of_two_ranks_resumes_on_one_with_the_same_next_step(runs
     assert sorted(p.name for p in (step1.folder / "dcp").iterdir() if p.suffix == ".distcp") == \
         ["__0_0.distcp", "__1_0.distcp"]
     run = runs["out"] / "resumed"
-    shutil.copytree(src, run)
-    for name in ("step_2", "final"):
-        shutil.rmtree(run / "checkpoints" / name)
-    (run / "summary.json").unlink()
+    _cut_after_step_1(src, run)
     # one plain process (no process group) continues from the 2-rank sharded checkpoint
     cfg = resolve_config(None, str(run / "config.json"), [("dist.strategy", "none")])
     cfg.run.out_dir, cfg.run.name = str(run.parent), run.name
@@ -129,6 +128,22 @@ def test_dcp_checkpoint_of_two_ranks_resumes_on_one_with_the_same_next_step(runs
     assert summary["resumed_from"] == "step_1"
     assert _max_diff(_weights(run), _weights(src)) < 1e-6  # = continuing on 2 ranks
     assert _max_diff(_weights(run), _weights(src, "step_1")) > 1e-5  # and step 2 did move it
+
+
+def _cut_after_step_1(src: Path, run: Path) -> None:
+    shutil.copytree(src, run)
+    for name in ("step_2", "final"):
+        shutil.rmtree(run / "checkpoints" / name)
+    (run / "summary.json").unlink()
+
+
+@pytest.mark.slow
+def test_fsdp2_checkpoint_resumes_on_two_ddp_ranks(runs):
+    """Resharding across strategies: FSDP2 shards (2 ranks) -> DDP replicas (2 ranks)."""
+    run = runs["out"] / "resumed_ddp"
+    _cut_after_step_1(runs["fsdp2"], run)
+    _torchrun(runs["out"], run.name, "--dist.strategy", "ddp", resume=True)
+    assert _max_diff(_weights(run), _weights(runs["fsdp2"])) < 1e-6
 
 
 def test_shards_keep_whole_groups_and_cover_the_step():

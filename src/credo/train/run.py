@@ -47,7 +47,7 @@ from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
-from credo.dist.comm import reduce_metrics
+from credo.dist.comm import broadcast_object, reduce_metrics
 from credo.dist.env import init as init_world, teardown as teardown_world
 from credo.dist.placement import place_for_rl
 from credo.dist.shard import shard_bounds
@@ -197,7 +197,7 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     test = task.examples("test", cfg.task.eval_size, seed=0)  # fixed across seeds: comparable runs
     if not world.is_main:
         cfg.run.progress = False
-    run_dir = make_run_dir(cfg, resume) if world.is_main else Path(cfg.run.out_dir) / cfg.run.name
+    run_dir = Path(broadcast_object(world, str(make_run_dir(cfg, resume)) if world.is_main else None))
     if not resume and world.is_main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
