@@ -1,8 +1,9 @@
 """torch.distributed training on this CPU (gloo): 2 ranks train what 1 process trains.
 
 The 2-rank runs are real `torchrun -m credo train` jobs (subprocesses); the 1-process runs go
-through the same `train()` in this process. Every run: the tiny preset, fp32, one thread, a KL
-term and an entropy bonus (so a random model still gets a gradient), 2 RL steps x 2 minibatches =
+through the same `train()` in this process. Every run: the tiny preset on the parity task (mixed
+rewards even for a random model, so GRPO's group advantages are real), fp32, one thread, a KL term
+(the reference model is placed too) and an entropy bonus, 2 RL steps x 2 minibatches =
 4 optimizer steps, micro-batches of 3 rows (ranks make different numbers of micro-batches, which
 exercises the matched filler passes), `dist.seed_per_prompt` (the rollout batch is the same for
 any number of ranks, credo/dist/shard.py).
@@ -36,10 +37,12 @@ from credo.train.checkpoint import verify
 from credo.train.run import train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+TESTS = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTS))  # fixture_tasks (the parity task) for the in-process runs
 ARGS = ["--preset", "tiny", "--run.progress", "false", "--run.eval_base", "false", "--task.eval_size", "4",
         "--warmup.steps", "1", "--rl.steps", "2", "--rl.minibatches", "2", "--rl.micro_batch_size", "3",
         "--rl.lr", "1e-5", "--rl.kl_coef", "0.05", "--rl.entropy_coef", "0.01", "--model.threads", "1",
-        "--dist.seed_per_prompt", "true"]
+        "--dist.seed_per_prompt", "true", "--task.name", "fixture_tasks:ParityTask"]
 
 
 def _port() -> int:
@@ -56,7 +59,7 @@ def _one_process(out: Path, name: str, *extra: str) -> Path:
 
 def _torchrun(out: Path, name: str, *extra: str, ranks: int = 2, resume: bool = False) -> Path:
     env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
            "--master_addr", "127.0.0.1", "--master_port", str(_port()),
            "-m", "credo", "train",
@@ -73,7 +76,9 @@ def _weights(run_dir: Path, checkpoint: str = "final") -> dict[str, torch.Tensor
 
 def _max_diff(a: dict, b: dict) -> float:
     assert a.keys() == b.keys()
-    return max(float((a[k] - b[k]).abs().max()) for k in a)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"max |difference| {diff:.3e}")  # (pytest -s shows the measured figures)
+    return diff
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +112,7 @@ def test_rank_zero_alone_writes_the_run_folder_with_reduced_metrics(runs):
     for a, b in zip(one, ddp):
         if a["phase"] == "rl":  # global sums and means: the same numbers as one process
             assert b["trained_sequences"] == a["trained_sequences"] == 16
+            assert 0.0 < a["reward_mean"] < 1.0  # mixed rewards: non-zero GRPO advantages
             assert b["reward_mean"] == pytest.approx(a["reward_mean"], abs=1e-6)
             assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
             assert b["updates"] == a["updates"] == 2
@@ -144,6 +150,24 @@ def test_fsdp2_checkpoint_resumes_on_two_ddp_ranks(runs):
     _cut_after_step_1(runs["fsdp2"], run)
     _torchrun(runs["out"], run.name, "--dist.strategy", "ddp", resume=True)
     assert _max_diff(_weights(run), _weights(runs["fsdp2"])) < 1e-6
+
+
+@pytest.mark.slow
+def test_ddp_critic_is_replicated_and_trains_as_in_one_process(runs):
+    """PPO + GAE: the value head is replicated, its minibatches global, its gradients summed.
+    GAE's batch whitening is a statistic of each rank's batch, so it is off here (see README)."""
+    critic = ["--rl.credit", "gae", "--rl.objective", "ppo", "--rl.critic_lr", "1e-3",
+              "--rl.credit_params", '{"whiten": false}']
+    one = _one_process(runs["out"], "critic_one", *critic)
+    two = _torchrun(runs["out"], "critic_ddp", "--dist.strategy", "ddp", *critic)
+    assert _max_diff(_weights(one), _weights(two)) < 1e-6
+    import torch.distributed.checkpoint as dcp
+
+    head = load_file(str(one / "checkpoints" / "final" / "critic.safetensors"))
+    loaded = {"critic": {k: torch.zeros_like(v) for k, v in head.items()}}
+    dcp.load(loaded, checkpoint_id=str(two / "checkpoints" / "final" / "dcp"))
+    assert float(head["head.weight"].abs().max()) > 1e-3  # the critic moved
+    assert _max_diff(head, loaded["critic"]) < 1e-6
 
 
 def test_shards_keep_whole_groups_and_cover_the_step():

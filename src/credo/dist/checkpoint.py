@@ -3,7 +3,8 @@
 Layout of `checkpoints/<name>/` written by several ranks (the single-process layout of
 `train/checkpoint.py` plus a `dcp/` folder, minus the per-file optimizer / reference tensors):
   dcp/             DCP shards (every rank writes its own; replicated DDP tensors once) of
-                   {"model": policy, "optim": AdamW state keyed by parameter name, "ref": reference}
+                   {"model": policy, "optim": AdamW state keyed by parameter name, "ref": reference,
+                   "critic" / "critic_optim": the value model and its AdamW state (replicated)}
   model/           Hugging Face folder of the full policy (rank 0), so `credo eval --model` works
   rng.safetensors  rank 0's torch / numpy generator state (the loop's own randomness is seeded
                    from (seed, step), see train/checkpoint.py)
@@ -44,7 +45,7 @@ def is_dcp(checkpoint: Checkpoint) -> bool:
     return (checkpoint.folder / DCP_DIR).is_dir()
 
 
-def _state(model, optimizer, ref_model) -> dict[str, Any]:
+def _state(model, optimizer, ref_model, critic=None, critic_optimizer=None) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     module = state_module(model)
@@ -53,10 +54,14 @@ def _state(model, optimizer, ref_model) -> dict[str, Any]:
         out["optim"] = get_optimizer_state_dict(module, optimizer)
     if ref_model is not None:
         out["ref"] = get_model_state_dict(state_module(ref_model))
+    if critic is not None:  # replicated on every rank (DCP writes it once)
+        out["critic"] = get_model_state_dict(critic)
+        out["critic_optim"] = get_optimizer_state_dict(critic, critic_optimizer)
     return out
 
 
 def save_dcp(world: World, folder: Path, *, model: DistPolicy, optimizer, ref_model, tokenizer,
+             critic=None, critic_optimizer=None,
              export_model: torch.nn.Module, state: dict[str, Any]) -> None:
     """Every rank calls this (collectives inside); see the module docstring."""
     import torch.distributed.checkpoint as dcp
@@ -67,7 +72,7 @@ def save_dcp(world: World, folder: Path, *, model: DistPolicy, optimizer, ref_mo
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent)
     tmp = Path(broadcast_object(world, tmp))
-    parts = _state(model, optimizer, ref_model)
+    parts = _state(model, optimizer, ref_model, critic, critic_optimizer)
     dcp.save(parts, checkpoint_id=str(tmp / DCP_DIR))
     weights = full_state_dict(model)  # (FSDP2: an all-gather on every rank)
     if world.is_main:
@@ -95,16 +100,20 @@ def save_dcp(world: World, folder: Path, *, model: DistPolicy, optimizer, ref_mo
     barrier(world)
 
 
-def load_dcp(checkpoint: Checkpoint, *, model, optimizer, ref_model=None) -> None:
+def load_dcp(checkpoint: Checkpoint, *, model, optimizer, ref_model=None, critic=None,
+             critic_optimizer=None) -> None:
     """Restore policy, AdamW state, reference model and RNGs from a DCP checkpoint into whatever
     placement `model` has (a DistPolicy on N ranks, or a plain model in one process)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     folder = checkpoint.folder
-    if ref_model is not None and "ref" not in checkpoint.state.get("dcp_parts", ["ref"]):
-        raise CredoError(f"checkpoint {folder} has no reference model to resume from")
-    state = _state(model, optimizer, ref_model)
+    parts = checkpoint.state.get("dcp_parts", [])
+    for name, wanted in (("ref", ref_model), ("critic", critic)):
+        if wanted is not None and name not in parts:
+            raise CredoError(f"checkpoint {folder} has no {'reference model' if name == 'ref' else 'value model'} "
+                             f"to resume from")
+    state = _state(model, optimizer, ref_model, critic, critic_optimizer)
     try:
         dcp.load(state, checkpoint_id=str(folder / DCP_DIR))
     except Exception as exc:  # noqa: BLE001 - DCP raises several kinds for missing keys / shapes
@@ -115,4 +124,7 @@ def load_dcp(checkpoint: Checkpoint, *, model, optimizer, ref_model=None) -> Non
         set_optimizer_state_dict(module, optimizer, state["optim"])
     if ref_model is not None:
         set_model_state_dict(state_module(ref_model), state["ref"])
+    if critic is not None:
+        set_model_state_dict(critic, state["critic"])
+        set_optimizer_state_dict(critic, critic_optimizer, state["critic_optim"])
     _restore_rng(load_file(str(folder / "rng.safetensors")), checkpoint.state["rng"])

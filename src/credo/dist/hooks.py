@@ -87,6 +87,24 @@ class DistHooks:
         """The number of forward/backward passes every rank makes for this minibatch."""
         return int(all_reduce(self.world, [count], op="max")[0])
 
+    def sum_gradients(self, parameters) -> None:
+        """All-reduce (sum) the gradients of a replicated module in one flat buffer (the critic)."""
+        import torch.distributed as dist
+
+        from credo.dist.env import comm_device
+
+        params = [p for p in parameters if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.reshape(-1) for p in params]).to(comm_device(self.world))
+        dist.all_reduce(flat)
+        offset = 0
+        for p in params:
+            n = p.numel()
+            p.grad.copy_(flat[offset: offset + n].view_as(p.grad))
+            offset += n
+
     def sync_context(self, model: torch.nn.Module, index: int, passes: int):
         """DDP: skip the gradient all-reduce on every pass but the minibatch's last."""
         trunk = getattr(model, "trunk", None)

@@ -7,20 +7,18 @@ from credo.dist.wrap import place
 from credo.errors import CredoError
 
 
-def place_for_rl(run, ref_model, *, needs_critic: bool):
+def place_for_rl(run, ref_model):
     """Wrap run.model (DDP / FSDP2) and the reference; point the engine at the sampling model.
 
     Returns (the policy the trainer updates, the reference model, DistHooks). Refuses what is not
-    distributed yet, with the field to change: a critic (PPO's value model), a stateful credit
-    estimator's state, and resuming an FSDP2 run from a one-process checkpoint."""
+    distributed yet, with the field to change: a stateful credit estimator's state, and resuming
+    an FSDP2 run from a one-process checkpoint. (A critic is replicated on every rank, built by the
+    runner on the plain sampling module; critic_update sums its gradients over ranks.)"""
     from credo.credit import CREDIT
     from credo.credit.base import credit_state_of
     from credo.dist.checkpoint import is_dcp
 
     cfg = run.cfg
-    if needs_critic:
-        raise CredoError(f"rl.credit {cfg.rl.credit!r} trains a value model, which dist.strategy "
-                         f"{cfg.dist.strategy} does not place yet; use dist.strategy none")
     if credit_state_of(CREDIT.get(cfg.rl.credit)) is not None:
         raise CredoError(f"rl.credit {cfg.rl.credit!r} keeps per-prompt state across steps, which is not "
                          f"sharded yet; use dist.strategy none")

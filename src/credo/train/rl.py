@@ -457,8 +457,10 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         update.update(advance_lr_scale(ctx, grad_stats))
     if ctx.critic is not None:
         returns = critic_returns(batch, ctx.credit)
+        if ctx.dist is not None:  # FSDP2: the critic's features come from the refreshed sampling copy
+            ctx.dist.before_rollout()
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
-                                    generator, ctx.settings.autocast_dtype))
+                                    generator, ctx.settings.autocast_dtype, dist=ctx.dist))
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())

@@ -252,7 +252,7 @@ def rl_context(run: Run) -> RLContext:
     ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if wants_ref else None
     model, hooks = run.model, None
     if run.world.distributed:  # DDP / FSDP2: the policy and the reference wrapped (credo/dist/wrap.py)
-        model, ref_model, hooks = place_for_rl(run, ref_model, needs_critic="values" in credit_needs)
+        model, ref_model, hooks = place_for_rl(run, ref_model)
     settings = UpdateSettings(
         reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
         micro_batch_size=rl.micro_batch_size, max_grad_norm=rl.max_grad_norm,
@@ -264,11 +264,12 @@ def rl_context(run: Run) -> RLContext:
     optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
     critic = critic_opt = None
     if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
-        critic = ValueModel(run.model, kind=rl.critic_kind)
+        critic = ValueModel(run.engine.model, kind=rl.critic_kind)  # (several ranks: the plain module)
         critic_opt = critic_optimizer(critic, rl.critic_lr)
     resumed_rl = run.resumed is not None and run.resumed.state.get("stage") == "rl"
     if resumed_rl and is_dcp(run.resumed):  # sharded (torch.distributed.checkpoint): any world size
-        load_dcp(run.resumed, model=model, optimizer=optimizer, ref_model=ref_model)
+        load_dcp(run.resumed, model=model, optimizer=optimizer, ref_model=ref_model, critic=critic,
+                 critic_optimizer=critic_opt)
     elif resumed_rl:
         load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model,
                   critic=critic, critic_optimizer=critic_opt)
@@ -308,7 +309,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
         state["snr_lr"] = lr_state_to_json(ctx.lr_state, ctx.lr_scale)
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
-                 ref_model=ctx.ref_model, tokenizer=run.tokenizer, export_model=run.engine.model,
+                 ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
+                 tokenizer=run.tokenizer, export_model=run.engine.model,
                  state=state)
         return
     save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
