@@ -183,7 +183,8 @@ def main() -> None:
               f"`python benchmarks/dist_overhead.py --models {args.models} --steps {args.steps}"
               f"{' --seed-per-prompt' if args.seed_per_prompt else ''}`; {os.cpu_count()} CPU cores, "
               f"one thread per process, gloo; times are means over the RL steps (rank 0's log holds the "
-              f"slowest rank's); comm = wall time inside collectives, per rank.\n\n")
+              f"slowest rank's); comm = wall time inside collectives, per rank, including the wait "
+              f"for the slower rank at each one.\n\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     out.write_text(header + table(results) + "\n")
     print(table(results))
