@@ -30,7 +30,8 @@ from safetensors.torch import load_file
 
 from credo.cli import _overrides, resolve_config
 from credo.dist.comm import reduce_metrics
-from credo.dist.env import SINGLE
+from credo.dist.env import SINGLE, init
+from credo.errors import CredoError
 from credo.dist.hooks import Layout
 from credo.dist.shard import prompt_seed, rank_seed, shard_bounds
 from credo.train.checkpoint import verify
@@ -190,3 +191,15 @@ def test_layout_maps_global_minibatches_to_local_rows():
 def test_one_process_metrics_pass_through():
     metrics = {"reward_mean": 0.5, "updates": 2}
     assert reduce_metrics(SINGLE, metrics, rows=8) is metrics
+
+
+def test_launch_mismatches_are_refused_or_run_as_one_process(monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(CredoError, match="dist.strategy"):  # 2 ranks each training alone
+        init("none")
+    with pytest.raises(CredoError, match="unknown dist.strategy"):
+        init("zero3")
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert init("ddp") == SINGLE  # no torchrun: one plain process

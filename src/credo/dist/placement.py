@@ -11,8 +11,8 @@ def place_for_rl(run, ref_model):
     """Wrap run.model (DDP / FSDP2) and the reference; point the engine at the sampling model.
 
     Returns (the policy the trainer updates, the reference model, DistHooks). Refuses what is not
-    distributed yet, with the field to change: a stateful credit estimator's state, and resuming
-    an FSDP2 run from a one-process checkpoint. (A critic is replicated on every rank, built by the
+    distributed yet, with the field to change: a stateful credit estimator's state, rl.snr_lr under
+    FSDP2, and resuming an FSDP2 run from a one-process checkpoint. (A critic is replicated on every rank, built by the
     runner on the plain sampling module; critic_update sums its gradients over ranks.)"""
     from credo.credit import CREDIT
     from credo.credit.base import credit_state_of
@@ -22,6 +22,9 @@ def place_for_rl(run, ref_model):
     if credit_state_of(CREDIT.get(cfg.rl.credit)) is not None:
         raise CredoError(f"rl.credit {cfg.rl.credit!r} keeps per-prompt state across steps, which is not "
                          f"sharded yet; use dist.strategy none")
+    if cfg.dist.strategy == "fsdp2" and cfg.rl.snr_lr:
+        raise CredoError("rl.snr_lr records whole-parameter gradients, which dist.strategy fsdp2 shards; "
+                         "use dist.strategy ddp")
     resumed = run.resumed
     if (cfg.dist.strategy == "fsdp2" and resumed is not None and resumed.state.get("stage") == "rl"
             and not is_dcp(resumed)):
