@@ -449,8 +449,9 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         credit_metrics.update(state_metrics)
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     grad_stats = GradSNR() if ctx.snr_lr else None
+    several = {} if ctx.dist is None else {"dist": ctx.dist}  # (torch.distributed ranks)
     update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats,
-                        dist=ctx.dist)
+                        **several)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
     if grad_stats is not None:
@@ -460,7 +461,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         if ctx.dist is not None:  # FSDP2: the critic's features come from the refreshed sampling copy
             ctx.dist.before_rollout()
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
-                                    generator, ctx.settings.autocast_dtype, dist=ctx.dist))
+                                    generator, ctx.settings.autocast_dtype, **several))
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())

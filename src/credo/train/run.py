@@ -253,6 +253,7 @@ def rl_context(run: Run) -> RLContext:
     model, hooks = run.model, None
     if run.world.distributed:  # DDP / FSDP2: the policy and the reference wrapped (credo/dist/wrap.py)
         model, ref_model, hooks = place_for_rl(run, ref_model)
+    plain = run.model if run.placement is None else run.placement.rollout_model  # no collectives in its calls
     settings = UpdateSettings(
         reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
         micro_batch_size=rl.micro_batch_size, max_grad_norm=rl.max_grad_norm,
@@ -264,7 +265,7 @@ def rl_context(run: Run) -> RLContext:
     optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
     critic = critic_opt = None
     if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
-        critic = ValueModel(run.engine.model, kind=rl.critic_kind)  # (several ranks: the plain module)
+        critic = ValueModel(plain, kind=rl.critic_kind)
         critic_opt = critic_optimizer(critic, rl.critic_lr)
     resumed_rl = run.resumed is not None and run.resumed.state.get("stage") == "rl"
     if resumed_rl and is_dcp(run.resumed):  # sharded (torch.distributed.checkpoint): any world size
@@ -286,7 +287,7 @@ def rl_context(run: Run) -> RLContext:
             raise CredoError(f"checkpoint {run.resumed.folder} has no SNR learning-rate state (rl.snr_lr)")
         lr_state, lr_scale = lr_state_from_json(run.resumed.state["snr_lr"]) if resumed_rl else (OBLRState(), 1.0)
     sources = CreditSources(
-        model=run.engine.model, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
+        model=plain, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
         probe_samples=rl.probe_samples, temperature=settings.temperature, autocast_dtype=run.dtype,
         micro_batch_size=rl.micro_batch_size, critic=critic, phase_marker=rl.phase_marker,
@@ -310,7 +311,7 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
-                 tokenizer=run.tokenizer, export_model=run.engine.model,
+                 tokenizer=run.tokenizer, export_model=run.placement.rollout_model,
                  state=state)
         return
     save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
