@@ -70,7 +70,8 @@ def cmd_train(args, rest) -> int:
         cfg = resolve_config(args.preset, args.config, _overrides(rest))
     summary = train(cfg, resume=bool(args.resume))
     keys = [k for k in ("base", "warmup", "rl") if k in summary]
-    print("held-out accuracy: " + ", ".join(f"{k} {summary[k]['accuracy']:.1%}" for k in keys))
+    if keys:  # (ranks other than 0 of a torchrun job evaluate nothing)
+        print("held-out accuracy: " + ", ".join(f"{k} {summary[k]['accuracy']:.1%}" for k in keys))
     return 0
 
 

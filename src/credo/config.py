@@ -229,6 +229,13 @@ class DistConfig:
     strategy: Annotated[str, OneOf(("none", "ddp", "fsdp2"))] = "none"
     """How the policy is placed across torch.distributed ranks: "none" (one process), "ddp" or
     "fsdp2" (`torch.distributed.fsdp.fully_shard`); launch several ranks with torchrun."""
+    backend: Annotated[str, OneOf(("auto", "gloo", "nccl"))] = "auto"
+    """torch.distributed backend: "auto" = NCCL when CUDA is available, else gloo (CPU)."""
+    seed_per_prompt: bool = False
+    """Sample each prompt's group in its own engine call, seeded from (step seed, the prompt's
+    position in the step), so the rollout batch is the same for any number of ranks (N ranks train
+    exactly the one-process batch). Off: each rank samples its share in one call (better batching;
+    rank r > 0 draws from seed + r * 1_000_039, so the batch depends on the world size)."""
 
 
 @dataclass

@@ -84,24 +84,31 @@ class CriticSettings:
 
 def critic_update(critic: ValueModel, optimizer: torch.optim.Optimizer, batch: RolloutBatch,
                   returns: torch.Tensor, settings: CriticSettings, generator: torch.Generator,
-                  autocast_dtype: torch.dtype | None) -> dict[str, float]:
+                  autocast_dtype: torch.dtype | None, dist=None) -> dict[str, float]:
     """epochs x minibatches steps of the clipped value loss (token mean over each minibatch).
 
     batch.values [B, T] holds the critic's values at collection time (V_old); returns [B, T] the
     regression targets (GAE: A + V_old). Returns value_loss, value_clip_fraction, explained_variance.
+    dist (credo.dist.hooks.DistHooks, several ranks): the critic is replicated; minibatches are cut
+    from the global rows, the token count is global and the gradients are summed over ranks.
     """
     if batch.values is None:
         raise ValueError("critic_update needs batch.values (the critic's values at collection time)")
     mask = batch.loss_mask
     rows = torch.nonzero(mask.any(-1)).flatten()
-    if len(rows) == 0:
+    layout = dist.layout(batch.group_ids, rows) if dist is not None else None
+    split_from = rows if layout is None else layout.rows
+    if len(split_from) == 0:
         return {"value_loss": float("nan"), "explained_variance": float("nan")}
     critic.train()
     losses, clipped_share = [], []
     for _ in range(settings.epochs):
-        order = rows[torch.randperm(len(rows), generator=generator)]
+        order = split_from[torch.randperm(len(split_from), generator=generator)]
         for minibatch in order.chunk(min(settings.minibatches, len(order))):
+            minibatch = minibatch if layout is None else layout.local(minibatch)
             count = float(mask[minibatch].sum())
+            if dist is not None:
+                count = dist.global_counts(count, 0.0)[0]
             for micro in minibatch.split(settings.micro_batch_size):
                 width = int(batch.attention_mask[micro].sum(-1).max())
                 tok, att, m = batch.tokens[micro, :width], batch.attention_mask[micro, :width], mask[micro, :width]
@@ -115,6 +122,8 @@ def critic_update(critic: ValueModel, optimizer: torch.optim.Optimizer, batch: R
                 if settings.value_clip is not None:
                     moved = ((v.detach() - old).abs() > settings.value_clip) & m
                     clipped_share.append(float(moved.sum()))
+            if dist is not None:  # each rank's loss is its part of the global one: sum the gradients
+                dist.sum_gradients(critic.parameters())
             grad_norm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), settings.max_grad_norm))
             if math.isfinite(grad_norm):
                 optimizer.step()

@@ -7,6 +7,7 @@ it. The objective and the credit estimator are plain callables bound from the co
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import math
@@ -29,7 +30,8 @@ from credo.credit.base import CreditState, credit_needs_of, is_token_level
 from credo.credit.normalisation import OBLRState, logit_grad_sq_norm, oblr_lr_update
 from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
-from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
+from credo.dist.shard import sample_groups
+from credo.train.evaluate import encode_prompts, pad_token_id, safe_score, too_long
 from credo.train.snr import GradSNR
 
 
@@ -147,44 +149,60 @@ def ppo_update(
     settings: UpdateSettings,
     generator: torch.Generator,
     grad_stats: GradSNR | None = None,
+    dist: Any = None,
 ) -> dict[str, float]:
     """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics.
 
     grad_stats (rl.snr_lr): records each minibatch's gradient after its backward passes and before
-    clipping (OBLR-PO's gradient SNR, train/snr.py)."""
+    clipping (OBLR-PO's gradient SNR, train/snr.py).
+    dist (credo.dist.hooks.DistHooks, several ranks): minibatches cut from the global rows, global
+    token / row counts, matched forward/backward passes per rank (see that module)."""
     declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     whole_groups = "whole_groups" in declared
     forward_needs = declared & frozenset(OUTPUT_NEEDS)
     if settings.entropy_coef:
         forward_needs |= {"entropy"}  # the bonus needs a differentiable entropy
     rows = trainable_rows(batch, settings.skip_zero_advantage and not whole_groups)
+    layout = dist.layout(batch.group_ids, rows) if dist is not None else None
+    split_from, split_groups = (rows, batch.group_ids) if layout is None else (layout.rows, layout.group_ids)
     sums: dict[str, float] = {}
     extremes: dict[str, float] = {}  # metrics named *_min / *_max: true extremes, not averages
     weight = 0.0
     updates = skipped = 0
     grad_norms = []
-    if len(rows) == 0:  # e.g. every group all-correct or all-wrong: nothing to learn from
+    if len(split_from) == 0:  # e.g. every group all-correct or all-wrong: nothing to learn from
         nan = float("nan")
         return {"updates": 0, "skipped_updates": 0, "trained_sequences": 0, "grad_norm": nan,
                 **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
     model.train()
     if settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
-        batch = replace(batch, old_logprobs=recompute_old_logprobs(model, batch, rows, settings))
+        scorer = model if dist is None else dist.scoring_model  # (no collectives in no-grad scoring)
+        batch = replace(batch, old_logprobs=recompute_old_logprobs(scorer, batch, rows, settings))
     correction_metrics: dict[str, float] = {}
     if settings.correction is not None:  # sampler/trainer mismatch and policy lag (rl.is_correction)
         batch, correction_metrics = apply_correction(batch, rows, settings.correction)
     for _ in range(settings.epochs):
-        for minibatch in split_rows(rows, batch.group_ids, settings.minibatches, generator, whole_groups):
-            sub = batch.select(minibatch)
+        for minibatch in split_rows(split_from, split_groups, settings.minibatches, generator, whole_groups):
+            sub = batch.select(minibatch if layout is None else layout.local(minibatch))
             num_tokens = float(sub.loss_mask.sum())
             num_seqs = float(sub.loss_mask.any(-1).sum())
-            for micro in micro_batches(sub, settings.micro_batch_size, whole_groups):
-                part = sub.select(micro)
-                with autocast_context(settings.autocast_dtype, device):
+            micros = micro_batches(sub, settings.micro_batch_size, whole_groups)
+            passes, scale = len(micros), 1.0
+            if dist is not None:  # global counts; every rank makes the same number of passes
+                num_tokens, num_seqs = dist.global_counts(num_tokens, num_seqs)
+                passes, scale = dist.passes(len(micros)), dist.loss_scale
+            for index in range(passes):
+                real = index < len(micros)  # else a filler pass with zero gradient (dist only)
+                part = sub.select(micros[index]) if real else batch.select(torch.arange(1))
+                with autocast_context(settings.autocast_dtype, device), \
+                        (dist.sync_context(model, index, passes) if dist is not None else contextlib.nullcontext()):
                     outputs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
                                              temperature=settings.temperature,
                                              needs=forward_needs)
+                if not real:  # (zero gradient; the wrapper's collectives still run)
+                    (outputs.logprobs.sum() * 0.0).backward()
+                    continue
                 entropy = outputs.entropy.detach()
                 if pass_outputs:
                     terms = objective(outputs.logprobs, part, outputs=outputs)
@@ -199,7 +217,7 @@ def ppo_update(
                     per_token, part.loss_mask, settings.reduction,
                     num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=settings.norm_constant,
                 )
-                loss.backward()
+                (loss * scale).backward()  # scale: DDP / FSDP2 average gradients over ranks
                 w = float(part.loss_mask.sum())
                 weight += w
                 m = part.loss_mask
@@ -262,6 +280,14 @@ class RLContext:
     lr_scale: float = 1.0  # the next step's lr = lr_at(step) * lr_scale (checkpointed)
     dynamic_sampling: Callable | None = None  # rl.dynamic_sampling (select/dynamic_sampling.py::DynamicSampling)
     overlong: Callable | None = None  # rl.overlong_buffer > 0: (rewards, lengths) -> (shaped, metrics)
+    dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
+    seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
+
+
+def scoring_model(ctx: RLContext) -> torch.nn.Module:
+    """The model for no-grad scoring (behaviour logprobs, rescoring): the policy, or under
+    torch.distributed a plain module with its current weights, so these calls are no collectives."""
+    return ctx.model if ctx.dist is None else ctx.dist.scoring_model
 
 
 def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
@@ -303,7 +329,7 @@ def behaviour_logprobs(ctx: RLContext, batch: RolloutBatch) -> torch.Tensor:
     (rl.recompute_old_logprobs; computed here once and stored, so the update reuses them), else the
     sampler's."""
     if ctx.settings.recompute_old_logprobs and batch.old_logprobs is None:
-        batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, torch.arange(len(batch)), ctx.settings)
+        batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, torch.arange(len(batch)), ctx.settings)
     return batch.old_logprobs if batch.old_logprobs is not None else batch.sampler_logprobs
 
 
@@ -336,7 +362,7 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
         return metrics
     if "logprobs" in credit_needs_of(ctx.credit) and ctx.settings.recompute_old_logprobs:
         rows = torch.arange(len(batch))
-        batch.old_logprobs = recompute_old_logprobs(ctx.model, batch, rows, ctx.settings)
+        batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, rows, ctx.settings)
     sources = ctx.credit_sources
     before = dict(sources.counters)
     inputs = build_credit_inputs(StepContext(sources, batch, completions, row_examples), ctx.credit, ctx.credit_name)
@@ -373,7 +399,7 @@ def rescore_responses(ctx: RLContext, tokens: list[torch.Tensor], scored: list[t
     out = []
     for micro in torch.arange(len(tokens)).split(ctx.settings.micro_batch_size):
         with autocast_context(ctx.settings.autocast_dtype, device):
-            logprobs = token_logprobs(ctx.model, ids[micro], attention[micro], mask[micro],
+            logprobs = token_logprobs(scoring_model(ctx), ids[micro], attention[micro], mask[micro],
                                       temperature=ctx.settings.temperature)
         out += [logprobs[j][mask[i]].float() for j, i in enumerate(micro.tolist())]
     return out
@@ -417,24 +443,29 @@ def turn_metrics(completions) -> dict[str, float]:
 
 
 def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
-            prompt_ids: Sequence[int] | None = None) -> dict[str, float]:
+            prompt_ids: Sequence[int] | None = None, slots: Sequence[int] | None = None) -> dict[str, float]:
     """One rollout batch: sample, score, credit, update. Returns the step's metrics.
 
     prompt_ids: the persistent id of each example (its index in the run's prompt list; default: its
     position in this step), read by stateful credit estimators.
+    slots: each example's position among the step's prompts over all ranks (default: its position
+    here); with dist.seed_per_prompt it seeds the example's group (credo/dist/shard.py).
     """
     t0 = time.perf_counter()
+    if ctx.dist is not None:
+        ctx.dist.before_rollout()  # FSDP2: refresh the sampling copy from the shards
     prompt_ids = list(range(len(examples))) if prompt_ids is None else list(prompt_ids)
+    slots = list(range(len(examples))) if slots is None else list(slots)
     prompts = encode_prompts(ctx.tokenizer, ctx.task, examples)
     drop = set(too_long(prompts, ctx.max_prompt_tokens))
     if drop:  # skip and count: the step goes on with the prompts that fit
         examples = [ex for i, ex in enumerate(examples) if i not in drop]
         prompts = [p for i, p in enumerate(prompts) if i not in drop]
         prompt_ids = [k for i, k in enumerate(prompt_ids) if i not in drop]
+        slots = [k for i, k in enumerate(slots) if i not in drop]
         if not examples:
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0}
-    groups = generate_groups(ctx.engine, ctx.tokenizer, ctx.task, examples, prompts, ctx.group_size, ctx.sampling,
-                             ctx.seed * 1_000_003 + step, ctx.max_prompt_tokens)
+    groups = sample_groups(ctx, examples, prompts, slots, ctx.seed * 1_000_003 + step)
     t_gen = time.perf_counter()
     maybe_die("rollout")
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
@@ -462,15 +493,19 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         credit_metrics.update(state_metrics)
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     grad_stats = GradSNR() if ctx.snr_lr else None
-    update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats)
+    several = {} if ctx.dist is None else {"dist": ctx.dist}  # (torch.distributed ranks)
+    update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats,
+                        **several)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
     if grad_stats is not None:
         update.update(advance_lr_scale(ctx, grad_stats))
     if ctx.critic is not None:
         returns = critic_returns(batch, ctx.credit)
+        if ctx.dist is not None:  # FSDP2: the critic's features come from the refreshed sampling copy
+            ctx.dist.before_rollout()
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
-                                    generator, ctx.settings.autocast_dtype))
+                                    generator, ctx.settings.autocast_dtype, **several))
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())

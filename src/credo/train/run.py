@@ -31,6 +31,7 @@ from credo.credit import CREDIT
 from credo.credit.base import credit_needs_of, credit_state_of
 from credo.credit.judges import SyntheticJudge
 from credo.credit.normalisation import OBLRState
+from credo.dist.env import SINGLE, NullWriter, World
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
 from credo.models import load_policy
@@ -50,6 +51,11 @@ from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, rollout_groups
 from credo.rewards.length import overlong_shaping
 from credo.select import DynamicSampling
+from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
+from credo.dist.comm import broadcast_object, reduce_metrics
+from credo.dist.env import init as init_world, teardown as teardown_world
+from credo.dist.placement import place_for_rl
+from credo.dist.shard import shard_bounds
 from credo.train.snr import lr_state_from_json, lr_state_to_json
 from credo.train.sft import run_warmup
 
@@ -85,12 +91,16 @@ def restore(run: "Run") -> Checkpoint | None:
         print(f"credo: passing over {reason}", flush=True)
     metrics_path = run.run_dir / "metrics.jsonl"
     if checkpoint is None:
+        if not run.world.is_main:
+            return None
         rewrite_metrics(metrics_path, [])  # nothing to continue from: the run starts over
         run.writer.reopen()
         return None
     print(f"credo: resuming from {checkpoint.folder}", flush=True)
     if checkpoint.state.get("stage") == "warmup":  # RL checkpoints are loaded with the optimizer
         load_into(checkpoint, model=run.model)
+    if not run.world.is_main:  # (every rank loads the checkpoint; rank 0 rewrites the metrics)
+        return checkpoint
     done = checkpoint.state.get("rl_step", 0)
     kept = [r for r in read_metrics(metrics_path)
             if r["phase"] in ("warmup", "eval") and r.get("stage") != "rl"
@@ -114,6 +124,11 @@ def validate(cfg: TrainConfig) -> None:
         if not cfg.rl.recompute_old_logprobs:
             raise CredoError(f"rl.is_correction {cfg.rl.is_correction!r} weighs trainer against sampler "
                              f"logprobs: it needs rl.recompute_old_logprobs = true")
+    if cfg.rl.dynamic_sampling and cfg.dist.strategy != "none":
+        # refill rounds differ per rank (different prompts keep different groups), so ranks would
+        # disagree on the step's batch size and early exits: not built yet
+        raise CredoError(f"rl.dynamic_sampling is not supported with dist.strategy {cfg.dist.strategy!r} yet; "
+                         f"use one process or rl.dynamic_sampling = false")
     if cfg.rl.loss_reduction not in REDUCTIONS:
         raise CredoError(f"unknown rl.loss_reduction {cfg.rl.loss_reduction!r}; valid: {', '.join(REDUCTIONS)}")
     if cfg.rl.critic_kind not in CRITIC_KINDS:
@@ -170,9 +185,13 @@ class Run:
     summary: dict[str, Any]
     timings: dict[str, float]
     resumed: Checkpoint | None = None
+    world: World = SINGLE  # torch.distributed: this rank (credo/dist/); rank 0 writes the run folder
+    placement: Any = None  # several ranks: the wrapped policy and reference (credo/dist/wrap.py)
 
     def held_out(self, label: str) -> None:
-        """Greedy accuracy on the fixed held-out set, recorded under `label`."""
+        """Greedy accuracy on the fixed held-out set, recorded under `label` (rank 0 only)."""
+        if not self.world.is_main:
+            return
         t = time.perf_counter()
         result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
                           batch_size=self.cfg.task.eval_batch_size,
@@ -189,8 +208,10 @@ class Run:
               f"(format {result['format_rate']:.1%}, n={result['n']}){format_sampled(result)}", flush=True)
 
 
-def setup(cfg: TrainConfig, resume: bool = False) -> Run:
-    """Validate, seed, build the task and held-out set, create the run folder, load the model."""
+def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
+    """Validate, seed, build the task and held-out set, create the run folder, load the model.
+
+    Several ranks: every rank loads the same model (same seed); only rank 0 creates the folder."""
     validate(cfg)
     started = time.perf_counter()
     if cfg.model.threads:
@@ -198,8 +219,10 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     seed_everything(cfg.run.seed)
     task = make_task(cfg.task.name, **cfg.task.params)
     test = task.examples("test", cfg.task.eval_size, seed=0)  # fixed across seeds: comparable runs
-    run_dir = make_run_dir(cfg, resume)
-    if not resume:
+    if not world.is_main:
+        cfg.run.progress = False
+    run_dir = Path(broadcast_object(world, str(make_run_dir(cfg, resume)) if world.is_main else None))
+    if not resume and world.is_main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
     dtype = PRECISIONS[cfg.model.precision]
@@ -209,8 +232,8 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     return Run(cfg, run_dir, task, test, policy.model, policy.tokenizer,
                TorchEngine(policy.model, policy.tokenizer, autocast_dtype=dtype),
                SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop)),
-               dtype, MetricsWriter(run_dir / "metrics.jsonl"), summary,
-               {"load": time.perf_counter() - started})
+               dtype, MetricsWriter(run_dir / "metrics.jsonl") if world.is_main else NullWriter(), summary,
+               {"load": time.perf_counter() - started}, world=world)
 
 
 def warmup_stage(run: Run) -> None:
@@ -232,7 +255,8 @@ def warmup_stage(run: Run) -> None:
     bar.close()
     run.timings["warmup"] = time.perf_counter() - t
     run.held_out("warmup")
-    save_checkpoint(run.run_dir / "checkpoints" / "warmup", model=run.model, tokenizer=run.tokenizer,
+    if run.world.is_main:  # (the warm-up is replicated: every rank ran the same steps on the same demos)
+        save_checkpoint(run.run_dir / "checkpoints" / "warmup", model=run.model, tokenizer=run.tokenizer,
                     state={"stage": "warmup", "rl_step": 0})
 
 
@@ -250,6 +274,10 @@ def rl_context(run: Run) -> RLContext:
     # the reference is the policy as RL starts (after warm-up), frozen
     wants_ref = (rl.kl_coef or 0.0) > 0 or "ref" in needs_of(objective) or "ref_logprobs" in credit_needs
     ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if wants_ref else None
+    model, hooks = run.model, None
+    if run.world.distributed:  # DDP / FSDP2: the policy and the reference wrapped (credo/dist/wrap.py)
+        model, ref_model, hooks = place_for_rl(run, ref_model)
+    plain = run.model if run.placement is None else run.placement.rollout_model  # no collectives in its calls
     settings = UpdateSettings(
         reduction=rl.loss_reduction, minibatches=rl.minibatches, epochs=rl.epochs,
         micro_batch_size=rl.micro_batch_size, max_grad_norm=rl.max_grad_norm,
@@ -260,13 +288,16 @@ def rl_context(run: Run) -> RLContext:
         correction=None if rl.is_correction == "none" else bind_params(
             IS_CORRECTIONS.get(rl.is_correction), {}, rl.is_params, "importance-sampling correction"),
     )
-    optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
+    optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
     critic = critic_opt = None
     if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
-        critic = ValueModel(run.model, kind=rl.critic_kind)
+        critic = ValueModel(plain, kind=rl.critic_kind)
         critic_opt = critic_optimizer(critic, rl.critic_lr)
     resumed_rl = run.resumed is not None and run.resumed.state.get("stage") == "rl"
-    if resumed_rl:
+    if resumed_rl and is_dcp(run.resumed):  # sharded (torch.distributed.checkpoint): any world size
+        load_dcp(run.resumed, model=model, optimizer=optimizer, ref_model=ref_model, critic=critic,
+                 critic_optimizer=critic_opt)
+    elif resumed_rl:
         load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model,
                   critic=critic, critic_optimizer=critic_opt)
     protocol = credit_state_of(credit)  # SPO's tracker: carried across steps, in every RL checkpoint
@@ -282,7 +313,7 @@ def rl_context(run: Run) -> RLContext:
             raise CredoError(f"checkpoint {run.resumed.folder} has no SNR learning-rate state (rl.snr_lr)")
         lr_state, lr_scale = lr_state_from_json(run.resumed.state["snr_lr"]) if resumed_rl else (OBLRState(), 1.0)
     sources = CreditSources(
-        model=run.model, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
+        model=plain, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
         probe_samples=rl.probe_samples, temperature=settings.temperature, autocast_dtype=run.dtype,
         micro_batch_size=rl.micro_batch_size, critic=critic, phase_marker=rl.phase_marker,
@@ -290,12 +321,13 @@ def rl_context(run: Run) -> RLContext:
     critic_settings = CriticSettings(lr=rl.critic_lr, value_clip=rl.value_clip, epochs=rl.epochs,
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
-    return RLContext(run.model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
+    return RLContext(model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
                      max_prompt_tokens=max_prompt_tokens(run.model, run.sampling), credit_name=rl.credit,
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
-                     snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale)
+                     snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
+                     seed_per_prompt=run.cfg.dist.seed_per_prompt)
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
@@ -311,6 +343,12 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
     state = {"stage": "rl", "rl_step": steps_done}
     if ctx.snr_lr:  # the lr of the next step is lr_at(step) * this lr_scale (exact resume)
         state["snr_lr"] = lr_state_to_json(ctx.lr_state, ctx.lr_scale)
+    if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
+        save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
+                 ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
+                 tokenizer=run.tokenizer, export_model=run.placement.rollout_model,
+                 state=state)
+        return
     save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
                     optimizer=ctx.optimizer, ref_model=ctx.ref_model,
                     critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
@@ -345,7 +383,9 @@ def rl_stage(run: Run) -> None:
         else:
             pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
             ids = scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
-        metrics = rl_step(ctx, step, [prompts[k] for k in ids], ids)
+        lo, hi = shard_bounds(len(ids), run.world.rank, run.world.world_size)  # whole groups per rank
+        metrics = rl_step(ctx, step, [prompts[k] for k in ids[lo:hi]], ids[lo:hi], range(lo, hi))
+        metrics = reduce_metrics(run.world, metrics, rows=(hi - lo) * rl.group_size)
         run.writer.write({"phase": "rl", "step": step, "lr": lr, **scaled, **metrics})
         bar.update(1)
         nan = float("nan")
@@ -362,13 +402,17 @@ def rl_stage(run: Run) -> None:
             save_rl_checkpoint(run, ctx, f"step_{step + 1}", step + 1)
     bar.close()
     run.timings["rl"] = time.perf_counter() - t
+    if ctx.dist is not None:
+        ctx.dist.before_rollout()  # FSDP2: the evaluated copy gets the final weights
     run.held_out("rl")
     save_rl_checkpoint(run, ctx, "final", rl.steps)
 
 
 def finish(run: Run, started: float) -> dict[str, Any]:
-    """Write summary.json and curves.png."""
+    """Write summary.json and curves.png (rank 0)."""
     run.writer.close()
+    if not run.world.is_main:
+        return run.summary
     run.timings["total"] = time.perf_counter() - started
     summary = run.summary
     summary["timings_s"] = {k: round(v, 2) for k, v in run.timings.items()}
@@ -386,12 +430,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     resume=True continues the run folder's newest complete checkpoint (see `restore`)."""
     started = time.perf_counter()
-    run = setup(cfg, resume)
-    if resume:
-        run.resumed = restore(run)
-    if run.resumed is None:
-        if cfg.run.eval_base:
-            run.held_out("base")
-        warmup_stage(run)
-    rl_stage(run)
-    return finish(run, started)
+    world = init_world(cfg.dist.strategy, cfg.dist.backend)  # torchrun's ranks, else one process
+    try:
+        run = setup(cfg, resume, world)
+        if resume:
+            run.resumed = restore(run)
+        if run.resumed is None:
+            if cfg.run.eval_base:
+                run.held_out("base")
+            warmup_stage(run)
+        rl_stage(run)
+        return finish(run, started)
+    finally:
+        teardown_world(world)
