@@ -31,7 +31,7 @@ from credo.credit.normalisation import OBLRState, logit_grad_sq_norm, oblr_lr_up
 from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
 from credo.dist.shard import sample_groups
-from credo.train.evaluate import encode_prompts, pad_token_id, safe_score, too_long
+from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
 from credo.train.snr import GradSNR
 
 
