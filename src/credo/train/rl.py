@@ -19,6 +19,7 @@ import torch
 from credo.batch import RolloutBatch, broadcast_advantages, build_batch
 from credo.errors import CredoError
 from credo.faults import maybe_die
+from credo.gpu import batch_to
 from credo.logprobs import OUTPUT_NEEDS, policy_outputs, token_logprobs
 from credo.objectives.base import needs_of, wants_outputs
 from credo.objectives.reduce import reduce_loss
@@ -405,6 +406,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     batch = build_batch(completions, rewards.tolist(), group_ids, pad_id=pad_token_id(ctx.tokenizer))
+    batch = batch_to(batch, next(ctx.model.parameters()).device)  # CUDA path: the batch joins the model
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
             batch.ref_logprobs = token_logprobs(
@@ -418,6 +420,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         credit_metrics.update(state_metrics)
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     grad_stats = GradSNR() if ctx.snr_lr else None
+    if callable(getattr(ctx.engine, "offload", None)):  # colocated vLLM frees its GPU memory
+        ctx.engine.offload()
     update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
@@ -427,6 +431,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         returns = critic_returns(batch, ctx.credit)
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
                                     generator, ctx.settings.autocast_dtype))
+    t_sync = time.perf_counter()
+    ctx.engine.load_weights(ctx.model, version=step + 1)  # weight sync: the next rollout samples these
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())
@@ -447,6 +453,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,
+        "weight_sync_time": t_end - t_sync,
         # prompt + completion tokens of the rollout batch per second of the whole step
         "tokens_per_s": float(batch.attention_mask.sum()) / max(t_end - t0, 1e-9),
         "gen_tokens_per_s": gen_tokens / max(t_gen - t0, 1e-9),

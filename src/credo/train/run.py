@@ -32,11 +32,12 @@ from credo.credit.judges import SyntheticJudge
 from credo.credit.normalisation import OBLRState
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
+from credo.gpu import attention_implementation, make_engine, place_policy, resolve_device, resolve_rollout_defaults
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
 from credo.objectives.base import needs_of
 from credo.objectives.distribution import wire_internal_policy
-from credo.rollout import SamplingParams, TorchEngine
+from credo.rollout import RolloutEngine, SamplingParams
 from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
@@ -149,7 +150,7 @@ class Run:
     test: list
     model: torch.nn.Module
     tokenizer: Any
-    engine: TorchEngine
+    engine: RolloutEngine  # rollout.engine: TorchEngine or VLLMEngine (credo/gpu.py::make_engine)
     sampling: SamplingParams
     dtype: torch.dtype | None
     writer: MetricsWriter
@@ -172,6 +173,8 @@ class Run:
 
 def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     """Validate, seed, build the task and held-out set, create the run folder, load the model."""
+    for note in resolve_rollout_defaults(cfg):  # before config.json: it records the resolved values
+        print(f"credo: {note}", flush=True)
     validate(cfg)
     started = time.perf_counter()
     if cfg.model.threads:
@@ -183,12 +186,14 @@ def setup(cfg: TrainConfig, resume: bool = False) -> Run:
     if not resume:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
+    device = resolve_device(cfg.model.device)  # before any copy: ref model and critic follow it
+    place_policy(policy.model, device, attention_implementation(device, cfg.model.attn_implementation))
     dtype = PRECISIONS[cfg.model.precision]
     sc = cfg.sampling
     summary = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
                "model": policy.source, "task": cfg.task.name, "eval_size": len(test)}
     return Run(cfg, run_dir, task, test, policy.model, policy.tokenizer,
-               TorchEngine(policy.model, policy.tokenizer, autocast_dtype=dtype),
+               make_engine(cfg, policy.model, policy.tokenizer, policy.source, dtype, run_dir),
                SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop)),
                dtype, MetricsWriter(run_dir / "metrics.jsonl"), summary,
                {"load": time.perf_counter() - started})
@@ -211,6 +216,7 @@ def warmup_stage(run: Run) -> None:
     run_warmup(run.model, run.tokenizer, run.task, demos, steps=wc.steps, batch_size=wc.batch_size,
                lr=wc.lr, seed=run.cfg.run.seed, autocast_dtype=run.dtype, on_step=on_step)
     bar.close()
+    run.engine.load_weights(run.model, version=0)  # a separate engine (vLLM) samples the warmed-up policy
     run.timings["warmup"] = time.perf_counter() - t
     run.held_out("warmup")
     save_checkpoint(run.run_dir / "checkpoints" / "warmup", model=run.model, tokenizer=run.tokenizer,
@@ -242,7 +248,7 @@ def rl_context(run: Run) -> RLContext:
     optimizer = make_optimizer(run.model, rl.lr, rl.weight_decay)
     critic = critic_opt = None
     if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
-        critic = ValueModel(run.model, kind=rl.critic_kind)
+        critic = ValueModel(run.model, kind=rl.critic_kind).to(next(run.model.parameters()).device)
         critic_opt = critic_optimizer(critic, rl.critic_lr)
     resumed_rl = run.resumed is not None and run.resumed.state.get("stage") == "rl"
     if resumed_rl:
@@ -296,6 +302,7 @@ def rl_stage(run: Run) -> None:
     size = rl.prompt_pool if rl.prompt_pool > 0 else max(1, rl.steps * rl.prompts_per_step)
     prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
+    run.engine.load_weights(run.model, version=first)  # the weights RL starts from (warm-up or resume)
     t = time.perf_counter()
     bar = _progress(rl.steps, "RL", run.cfg.run.progress)
     bar.update(first)
