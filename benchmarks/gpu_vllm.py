@@ -95,10 +95,10 @@ def credo_rl_steps(args, model_name: str) -> dict:
     """Seconds per RL step of credo's own loop with the vLLM engine (colocated, sleep mode)."""
     import torch
 
-    from credo.presets import get_preset
+    from credo.presets import PRESETS
     from credo.train.run import rl_context, setup
 
-    cfg = get_preset("default")
+    cfg = PRESETS.get("default")()
     cfg.model.name, cfg.model.precision = model_name, "bf16"
     cfg.rollout.engine = "vllm"
     cfg.rl.steps, cfg.rl.prompts_per_step, cfg.rl.group_size = args.steps, args.prompts // args.group or 1, args.group
@@ -132,15 +132,15 @@ def trl_rl_steps(args, model_dir: str) -> dict:
     from transformers import AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
+    from credo.tasks.base import render_prompt
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     task, examples, _ = workload(tokenizer, args.steps * max(1, args.prompts // args.group))
-    from credo.train.prompts import render_prompt  # noqa: F401 (same prompts as credo's)
-    from credo.train.evaluate import render_prompt as render
+    # the same rendered prompts credo samples from (chat template applied once, here)
+    rows = [{"prompt": render_prompt(tokenizer, task, ex), "idx": i} for i, ex in enumerate(examples)]
 
-    rows = [{"prompt": render(tokenizer, task, ex), "answer": ex.answer} for ex in examples]
-
-    def reward(completions, answer, **kwargs):
-        return [float(task.score(c, ex).reward) for c, ex in zip(completions, examples)]
+    def reward(completions, idx, **kwargs):  # TRL passes dataset columns as aligned lists
+        return [float(task.score(c, examples[i]).reward) for c, i in zip(completions, idx)]
 
     times = []
 
@@ -155,7 +155,7 @@ def trl_rl_steps(args, model_dir: str) -> dict:
     config = GRPOConfig(output_dir="/tmp/credo_gpu_bench/trl", per_device_train_batch_size=per_step,
                         num_generations=args.group, max_completion_length=args.max_new_tokens,
                         max_steps=args.steps, learning_rate=1.5e-5, bf16=True, use_vllm=True,
-                        vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, logging_steps=1,
+                        vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, vllm_enable_sleep_mode=True, logging_steps=1,
                         report_to=[], save_strategy="no", temperature=1.0)
     trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=config,
                           train_dataset=Dataset.from_list(rows), callbacks=[Timer()])

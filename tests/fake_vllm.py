@@ -13,6 +13,7 @@ vllm/v1/sample/ops/topk_topp_sampler.py, vLLM 0.10-0.2x):
 - `logprobs_mode`: "raw_logprobs" (vLLM's default) = log_softmax(raw logits); "processed_logprobs"
   = log_softmax after temperature and top-k / top-p masking (the distribution sampled from).
   Greedy requests return log_softmax of the untempered logits in both modes.
+- A request with n > 1 is n children; child j is seeded with seed + j, as vLLM's ParentRequest does.
 - Stop strings end the sequence with finish_reason "stop" and stop_reason = the string; EOS and
   `stop_token_ids` end it with "stop"; the budget with "length". Generated tokens all stay in
   token_ids; `text` is cut after (include_stop_str_in_output) or before the stop string.
@@ -303,7 +304,9 @@ class LLM:
         results = []
         for r, (prompt, sp) in enumerate(zip(prompts, sampling_params)):
             ids = [int(t) for t in prompt["prompt_token_ids"]]
-            generator = torch.Generator().manual_seed(sp.seed if sp.seed is not None else self.seed + r)
-            outs = [self._sample_one(ids, sp, generator, j) for j in range(sp.n)]
+            # vLLM fans a request out into n children; child j samples with seed + j
+            # (vllm/v1/engine/parallel_sampling.py::ParentRequest._get_child_sampling_params)
+            base = sp.seed if sp.seed is not None else self.seed * 7919 + r
+            outs = [self._sample_one(ids, sp, torch.Generator().manual_seed(base + j), j) for j in range(sp.n)]
             results.append(RequestOutput(str(r), None, ids, None, outs))
         return results

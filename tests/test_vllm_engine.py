@@ -21,7 +21,7 @@ import torch
 from credo.batch import build_batch
 from credo.config import TrainConfig
 from credo.errors import CredoError
-from credo.gpu import attention_implementation, batch_to, moved_fields, resolve_device, resolve_rollout_defaults
+from credo.gpu import attention_implementation, on_model_device, resolve_device, resolve_rollout_defaults
 from credo.logprobs import token_logprobs
 from credo.rollout.base import SamplingParams
 from credo.rollout.multiturn import generate_multiturn
@@ -417,16 +417,15 @@ def test_device_and_attention_choice_on_cpu(monkeypatch):
             attention_implementation(torch.device("cuda"), "flash_attention_2")
 
 
-def test_batch_to_moves_every_tensor():
-    from credo.rollout.base import Completion
-
-    c = Completion([1, 2], [3, 4], [-0.5, -0.25], [True, True], "stop", "x")
-    batch = build_batch([c], [1.0], [0], pad_id=0)
-    assert batch_to(batch, torch.device("cpu")) is batch
-    moved = moved_fields(batch, torch.device("meta"))  # any other device: every tensor goes along
-    assert set(moved) == {f.name for f in dataclasses.fields(batch)}
-    assert all((v is None) == (getattr(batch, k) is None) for k, v in moved.items())
-    assert all(v.device.type == "meta" for v in moved.values() if v is not None)
+def test_forward_on_another_device_keeps_the_callers_autocast():
+    # xpu stands in for cuda: the CPU build of torch accepts an xpu autocast, not a cuda one
+    cpu, other = torch.device("cpu"), torch.device("xpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16), on_model_device(cpu, other):
+        assert torch.is_autocast_enabled("xpu") and torch.get_autocast_dtype("xpu") == torch.bfloat16
+    with on_model_device(cpu, other):
+        assert not torch.is_autocast_enabled("xpu")
+    with on_model_device(cpu, cpu):
+        assert not torch.is_autocast_enabled("cpu")
 
 
 def test_train_end_to_end_on_the_fake(fake, tmp_path):

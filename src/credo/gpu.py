@@ -3,8 +3,11 @@ and the defaults a vLLM run resolves to.
 
 - Device (`model.device`): "auto" = cuda when `torch.cuda.is_available()`, else cpu. The policy is
   moved there before anything copies it, so the reference model (a deepcopy) and the critic
-  (built on the policy, then `.to(device)`) live there too. Rollout batches are built on the CPU
-  from completions and moved once per step (`batch_to`).
+  (built on the policy, then `.to(device)`) live there too. Rollout batches stay on the CPU, where
+  all credit and selection math was written and tested: the forward passes
+  (`logprobs.policy_outputs`, `critic.ValueModel.forward`) move their inputs to the model's
+  device and return [B, T] results on the batch's device (autograd flows through the copy), so
+  the only per-step transfers are tokens in and [B, T] logprobs / entropies / values out.
 - Precision: `model.precision = "bf16"` is bf16 autocast around every forward (the torch engine's
   `autocast_context` takes the device type, so the same code autocasts on CPU and CUDA); weights
   and AdamW state stay fp32.
@@ -19,7 +22,7 @@ and the defaults a vLLM run resolves to.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import importlib.util
 from pathlib import Path
 
@@ -66,17 +69,20 @@ def place_policy(model: torch.nn.Module, device: torch.device, attn: str) -> tor
     return model.to(device)
 
 
-def moved_fields(batch, device: torch.device) -> dict:
-    """Every field of a dataclass batch, tensors moved to `device` (others as they are)."""
-    return {f.name: (v.to(device) if isinstance(v := getattr(batch, f.name), torch.Tensor) else v)
-            for f in dataclasses.fields(batch)}
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
-def batch_to(batch, device: torch.device):
-    """The RolloutBatch with every tensor on `device` (the same object on the CPU path)."""
-    if batch.tokens.device == device:
-        return batch
-    return dataclasses.replace(batch, **moved_fields(batch, device))
+@contextlib.contextmanager
+def on_model_device(home: torch.device, device: torch.device):
+    """Run a forward on `device` under the autocast the caller set for `home` (the batch's device):
+    callers write `autocast_context(dtype, batch.tokens.device)`, which on the CUDA path is a CPU
+    autocast, and CPU autocast does not touch CUDA kernels."""
+    if device == home or not torch.is_autocast_enabled(home.type):
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=torch.get_autocast_dtype(home.type)):
+        yield
 
 
 def resolve_rollout_defaults(cfg) -> list[str]:

@@ -19,7 +19,6 @@ import torch
 from credo.batch import RolloutBatch, broadcast_advantages, build_batch
 from credo.errors import CredoError
 from credo.faults import maybe_die
-from credo.gpu import batch_to
 from credo.logprobs import OUTPUT_NEEDS, policy_outputs, token_logprobs
 from credo.objectives.base import needs_of, wants_outputs
 from credo.objectives.reduce import reduce_loss
@@ -406,7 +405,6 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     batch = build_batch(completions, rewards.tolist(), group_ids, pad_id=pad_token_id(ctx.tokenizer))
-    batch = batch_to(batch, next(ctx.model.parameters()).device)  # CUDA path: the batch joins the model
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
             batch.ref_logprobs = token_logprobs(

@@ -63,7 +63,7 @@ def run_warmup(
     for step in range(steps):
         set_lr(optimizer, lr_at(step, steps, peak=lr, warmup=max(1, steps // 10), decay="cosine", min_ratio=0.1))
         chunk = [order[(step * batch_size + k) % len(order)] for k in range(batch_size)]
-        tokens, attention, loss_mask = (t.to(device) for t in demonstration_batch(tokenizer, task, chunk))
+        tokens, attention, loss_mask = demonstration_batch(tokenizer, task, chunk)
         with autocast_context(autocast_dtype, device):
             logprobs = token_logprobs(model, tokens, attention, loss_mask)
         loss = -(logprobs * loss_mask).sum() / loss_mask.sum().clamp(min=1)
