@@ -282,6 +282,16 @@ def test_colocated_sleep_around_the_update(fake, policy, tmp_path, level):
     torch.testing.assert_close(sampler[mask], trainer[mask], atol=1e-4, rtol=0)
 
 
+def test_prompt_budget_follows_a_shorter_vllm_context(fake, policy, tmp_path):
+    from credo.train.run import max_prompt_tokens
+
+    sampling = SamplingParams(max_new_tokens=16)
+    full = max_prompt_tokens(policy.model, sampling, TorchEngine(policy.model, policy.tokenizer))
+    assert full == policy.model.config.max_position_embeddings - 16
+    assert max_prompt_tokens(policy.model, sampling, make_engine(policy, tmp_path, max_model_len=100)) == 84
+    assert max_prompt_tokens(policy.model, sampling, make_engine(policy, tmp_path)) == full  # 0 = the model's
+
+
 def test_separate_placement_never_sleeps(fake, policy, tmp_path):
     engine = make_engine(policy, tmp_path, placement="separate", sleep_mode=True)
     engine.offload()

@@ -264,6 +264,7 @@ class VLLMEngine:
         eos |= set(gen_eos if isinstance(gen_eos, (list, tuple)) else [gen_eos])
         self.eos_ids = sorted(e for e in eos if e is not None)  # the torch engine's stop set
         self.weight_version = 0
+        self.max_model_len = settings.max_model_len or None  # the trainer budgets prompts with it
         self.asleep: set[str] = set()  # vLLM memory tags now asleep ("weights", "kv_cache")
         if llm is None:
             os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # collective_rpc(callable)

@@ -128,10 +128,12 @@ def validate(cfg: TrainConfig) -> None:
                          f"set rl.minibatches >= 2 (got {cfg.rl.minibatches})")
 
 
-def max_prompt_tokens(model, sampling: SamplingParams) -> int | None:
-    """The longest prompt that leaves room for max_new_tokens in the model's context."""
-    context = getattr(model.config, "max_position_embeddings", None)
-    return None if context is None else context - sampling.max_new_tokens
+def max_prompt_tokens(model, sampling: SamplingParams, engine=None) -> int | None:
+    """The longest prompt that leaves room for max_new_tokens in the model's context (or in the
+    engine's, when it is shorter: vLLM's rollout.max_model_len)."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(engine, "max_model_len", None)]
+    limits = [c for c in limits if c]
+    return None if not limits else min(limits) - sampling.max_new_tokens
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -163,7 +165,7 @@ class Run:
         t = time.perf_counter()
         result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
                           batch_size=self.cfg.task.eval_batch_size,
-                          max_prompt_tokens=max_prompt_tokens(self.model, self.sampling))
+                          max_prompt_tokens=max_prompt_tokens(self.model, self.sampling, self.engine))
         self.timings[f"eval_{label}"] = time.perf_counter() - t
         self.summary[label] = result
         self.writer.write({"phase": "eval", "stage": label, **result})
@@ -277,7 +279,7 @@ def rl_context(run: Run) -> RLContext:
                                      max_grad_norm=rl.max_grad_norm)
     return RLContext(run.model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
-                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling), credit_name=rl.credit,
+                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling, run.engine), credit_name=rl.credit,
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale)
