@@ -163,18 +163,11 @@ def trl_rl_steps(args, model_dir: str) -> dict:
     return {"steps": times, "seconds_per_step_after_first": _after_first(times), "memory": gpu_memory()}
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--prompts", type=int, default=64)
-    parser.add_argument("--group", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--skip-trl", action="store_true")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_vllm"))
-    args = parser.parse_args(argv)
-    require_gpu()
+PARTS = ("generation", "credo_rl", "trl_rl")  # each in its own process: one vLLM engine per process
 
+
+def part_generation(args) -> dict:
+    """Torch engine vs vLLM engine tokens/s, the logprob gap, memory."""
     import torch
 
     from credo.gpu import attention_implementation, place_policy
@@ -186,10 +179,9 @@ def main(argv=None) -> int:
     policy = load_policy(args.model)
     device = torch.device("cuda")
     place_policy(policy.model, device, attention_implementation(device))
-    task, examples, prompts = workload(policy.tokenizer, args.prompts)
+    _, _, prompts = workload(policy.tokenizer, args.prompts)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens, stop=("</answer>",))
-    result = {"device": torch.cuda.get_device_name(0), "model": policy.source, "args": vars(args)}
-
+    result = {"device": torch.cuda.get_device_name(0), "model": policy.source}
     torch_engine = TorchEngine(policy.model, policy.tokenizer, autocast_dtype=torch.bfloat16)
     _, result["torch_engine"] = time_generation(torch_engine, prompts, args.group, sampling)
     result["memory_torch_engine"] = gpu_memory()
@@ -200,11 +192,49 @@ def main(argv=None) -> int:
     completions = [c for g in groups for c in g]
     result["logprob_gap_fp32"] = logprob_gap(policy.model, completions)
     result["logprob_gap_bf16_autocast"] = logprob_gap(policy.model, completions, torch.bfloat16)
-    del engine
-    torch.cuda.empty_cache()
-    result["credo_rl"] = credo_rl_steps(args, args.model)
-    if not args.skip_trl:
-        result["trl_rl"] = trl_rl_steps(args, policy.source)
+    return result
+
+
+def run_part(part: str, args) -> dict:
+    if part == "generation":
+        return part_generation(args)
+    if part == "credo_rl":
+        return {"credo_rl": credo_rl_steps(args, args.model)}
+    from credo.models import load_policy
+
+    return {"trl_rl": trl_rl_steps(args, load_policy(args.model).source)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--group", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--skip-trl", action="store_true")
+    parser.add_argument("--part", choices=PARTS, help="run one part here and print its JSON (internal)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_vllm"))
+    args = parser.parse_args(argv)
+    require_gpu()
+    if args.part:
+        print("GPU_VLLM_JSON " + json.dumps(run_part(args.part, args)), flush=True)
+        return 0
+    import subprocess
+
+    result = {"args": vars(args)}
+    for part in PARTS:
+        if part == "trl_rl" and args.skip_trl:
+            continue
+        forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--skip-trl"]
+        done = subprocess.run([sys.executable, __file__, *forwarded, "--part", part],
+                              capture_output=True, text=True)
+        lines = [line for line in done.stdout.splitlines() if line.startswith("GPU_VLLM_JSON ")]
+        if done.returncode != 0 or not lines:
+            result[f"{part}_error"] = (done.stderr or done.stdout)[-4000:]
+            print(f"gpu_vllm: part {part} failed (rc {done.returncode}); its log is in the JSON", file=sys.stderr)
+            continue
+        result.update(json.loads(lines[-1][len("GPU_VLLM_JSON "):]))
     write(result, Path(args.out))
     return 0
 
@@ -212,19 +242,29 @@ def main(argv=None) -> int:
 def write(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    lines = [f"# vLLM engine on {result['device']} ({result['model']})", "",
+
+    def get(*keys, fmt="{:.2f}"):
+        node = result
+        for k in keys:
+            if not isinstance(node, dict) or k not in node:
+                return "failed (see JSON)"
+            node = node[k]
+        return fmt.format(node)
+
+    lines = [f"# vLLM engine on {result.get('device', '?')} ({result.get('model', '?')})", "",
              "| measure | value |", "|---|---|",
-             f"| torch engine tokens/s | {result['torch_engine']['tokens_per_s']:.0f} |",
-             f"| vLLM engine tokens/s | {result['vllm_engine']['tokens_per_s']:.0f} |",
-             f"| mean / max abs logprob gap (trainer fp32) | {result['logprob_gap_fp32']['mean_abs']:.4f} / "
-             f"{result['logprob_gap_fp32']['max_abs']:.4f} |",
-             f"| mean / max abs logprob gap (trainer bf16) | {result['logprob_gap_bf16_autocast']['mean_abs']:.4f} / "
-             f"{result['logprob_gap_bf16_autocast']['max_abs']:.4f} |",
-             f"| credo s/RL step (vLLM, colocated) | {result['credo_rl']['seconds_per_step_after_first']:.2f} |"]
-    if "trl_rl" in result:
-        lines.append(f"| TRL GRPOTrainer s/step (use_vllm, colocate) | {result['trl_rl']['seconds_per_step_after_first']:.2f} |")
-    for key in ("memory_torch_engine", "memory_vllm_engine"):
-        lines.append(f"| GPU memory in use after {key[7:]} (GiB) | {result[key]['device_used_gib']:.1f} |")
+             f"| torch engine tokens/s | {get('torch_engine', 'tokens_per_s', fmt='{:.0f}')} |",
+             f"| vLLM engine tokens/s | {get('vllm_engine', 'tokens_per_s', fmt='{:.0f}')} |",
+             f"| mean / max abs logprob gap (trainer fp32) | {get('logprob_gap_fp32', 'mean_abs', fmt='{:.4f}')} / "
+             f"{get('logprob_gap_fp32', 'max_abs', fmt='{:.4f}')} |",
+             f"| mean / max abs logprob gap (trainer bf16) | {get('logprob_gap_bf16_autocast', 'mean_abs', fmt='{:.4f}')}"
+             f" / {get('logprob_gap_bf16_autocast', 'max_abs', fmt='{:.4f}')} |",
+             f"| credo s/RL step (vLLM, colocated) | {get('credo_rl', 'seconds_per_step_after_first')} |",
+             f"| TRL GRPOTrainer s/step (use_vllm, colocate) | {get('trl_rl', 'seconds_per_step_after_first')} |",
+             f"| GPU memory in use, torch engine (GiB) | {get('memory_torch_engine', 'device_used_gib', fmt='{:.1f}')} |",
+             f"| GPU memory in use, vLLM engine (GiB) | {get('memory_vllm_engine', 'device_used_gib', fmt='{:.1f}')} |",
+             f"| GPU memory in use, credo RL (GiB) | {get('credo_rl', 'memory', 'device_used_gib', fmt='{:.1f}')} |",
+             f"| GPU memory in use, TRL (GiB) | {get('trl_rl', 'memory', 'device_used_gib', fmt='{:.1f}')} |"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

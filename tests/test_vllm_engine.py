@@ -461,3 +461,16 @@ def test_gpu_benchmark_fails_with_one_clear_line_without_cuda():
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "CUDA" in lines[0] and "vLLM" in lines[0], out.stderr
+
+
+def test_gpu_benchmark_report_marks_failed_parts(tmp_path):
+    spec = importlib.util.spec_from_file_location("gpu_vllm", ROOT / "benchmarks" / "gpu_vllm.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = {"device": "GPU X", "model": "m", "torch_engine": {"tokens_per_s": 1234.4},
+              "vllm_engine": {"tokens_per_s": 9876.6}, "credo_rl_error": "Traceback ..."}
+    bench.write(result, tmp_path / "r")
+    md = (tmp_path / "r.md").read_text()
+    assert "| torch engine tokens/s | 1234 |" in md and "| vLLM engine tokens/s | 9877 |" in md
+    assert "| credo s/RL step (vLLM, colocated) | failed (see JSON) |" in md
+    assert json.loads((tmp_path / "r.json").read_text())["credo_rl_error"] == "Traceback ..."
