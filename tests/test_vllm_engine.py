@@ -453,6 +453,8 @@ def test_train_end_to_end_on_the_fake(fake, tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["phase"] == "rl"] == [0, 1]
     assert all(r["weight_sync_time"] >= 0 for r in rows if r["phase"] == "rl")
+    # step s samples with the weights of s updates: the version stamped on its completions
+    assert [r["policy_lag_max"] for r in rows if r["phase"] == "rl"] == [0.0, 0.0]
 
 
 def test_gpu_benchmark_fails_with_one_clear_line_without_cuda():

@@ -443,6 +443,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         "zero_variance_groups": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
         "response_length": float(lengths.mean()),
         "truncation_rate": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        # updates between the weights a completion was sampled with and this step's (0: on-policy engine)
+        "policy_lag_max": float(step - min(c.weight_version for c in completions)),
         "verifier_errors": errors,
         "skipped_prompts": len(drop),
         **update,
