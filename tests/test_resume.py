@@ -15,7 +15,7 @@ from credo.errors import CredoError
 from credo.train.checkpoint import newest_complete, verify
 from credo.train.logging import read_metrics
 
-TIMING_KEYS = {"gen_time", "update_time", "step_time", "tokens_per_s", "gen_tokens_per_s"}
+TIMING_KEYS = {"gen_time", "update_time", "step_time", "weight_sync_time", "tokens_per_s", "gen_tokens_per_s"}
 TESTS = Path(__file__).parent
 ARGS = ["--preset", "tiny", "--run.checkpoint_every", "1", "--rl.steps", "4", "--model.threads", "1",
         "--run.progress", "false", "--task.name", "fixture_tasks:ParityTask", "--rl.lr", "0.01",

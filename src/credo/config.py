@@ -50,6 +50,12 @@ class ModelConfig:
     3-4x faster on CPUs with AVX512-BF16. "fp32": exact, slower."""
     threads: int = 0
     """torch intra-op threads; 0 keeps torch's default (one per core)."""
+    device: Annotated[str, OneOf(("auto", "cpu", "cuda"))] = "auto"
+    """Where the policy, reference and critic live and train: "auto" = "cuda" when a GPU is visible,
+    else "cpu" (see credo/gpu.py)."""
+    attn_implementation: Annotated[str, OneOf(("auto", "eager", "sdpa", "flash_attention_2"))] = "auto"
+    """Attention kernel of the trainer's model: "auto" = flash_attention_2 on CUDA when the
+    flash-attn package is installed, else sdpa (PyTorch's fused attention, CPU and GPU)."""
 
 
 @dataclass
@@ -222,6 +228,37 @@ class RolloutConfig:
     engine: Annotated[str, OneOf(("torch", "vllm"))] = "torch"
     """Rollout engine: "torch" (the in-process KV-cache sampler, CPU or one GPU) or "vllm" (GPU only,
     imported only when chosen)."""
+    # -- vLLM (read only when engine = "vllm"; see rollout/vllm_engine.py) --------------------------
+    vllm_placement: Annotated[str, OneOf(("colocate", "separate"))] = "colocate"
+    """"colocate": vLLM shares the trainer's GPU (in-process, gpu_memory_utilization of it, sleeping
+    during updates with sleep_mode); "separate": vLLM runs in its own process on GPU vllm_gpu."""
+    vllm_gpu: Annotated[int, Range(lo=0)] = 1
+    """The GPU index vLLM uses with vllm_placement = "separate"."""
+    gpu_memory_utilization: Annotated[float, Range(lo=0, hi=1, lo_open=True)] = 0.3
+    """Fraction of the GPU vLLM reserves for its weights and KV cache (colocated: leave the rest to
+    the trainer; separate: raise it to ~0.9)."""
+    sleep_mode: bool = True
+    """Colocated only: put vLLM to sleep during each update (LLM.sleep) and wake it for the weight
+    sync and the next rollout, so the trainer gets the GPU memory back."""
+    sleep_level: Annotated[int, Range(lo=1, hi=2)] = 1
+    """vLLM sleep level: 1 offloads weights to CPU and frees the KV cache; 2 frees both (the weight
+    sync reloads every weight anyway; saves CPU memory)."""
+    max_model_len: Annotated[int, Range(lo=0)] = 0
+    """vLLM's context length (prompt + completion); 0 = the model's own."""
+    vllm_dtype: Annotated[str, OneOf(("auto", "bfloat16", "float16", "float32"))] = "bfloat16"
+    """Dtype of vLLM's weights and activations (the trainer keeps fp32 master weights)."""
+    logprobs_mode: Annotated[str, OneOf(("processed_logprobs", "raw_logprobs"))] = "processed_logprobs"
+    """Which logprobs vLLM returns: "processed_logprobs" = after temperature (credo's convention when
+    top_k = 0 and top_p = 1; after truncation otherwise); "raw_logprobs" = untempered."""
+    enable_prefix_caching: bool = True
+    """Reuse the KV blocks of shared prefixes (a prompt's G samples, a multi-turn transcript)."""
+    enforce_eager: bool = False
+    """Disable vLLM's CUDA graphs (faster start, slower decoding)."""
+    weight_sync_bucket_mb: Annotated[int, Range(lo=1)] = 256
+    """Weight sync streams the state dict into vLLM in buckets of at most this many MiB."""
+    auto_is_correction: bool = True
+    """With engine = "vllm" and rl.is_correction left at "none", the resolved config uses "tis"
+    (truncated importance sampling of the sampler/trainer mismatch); false keeps "none"."""
 
 
 @dataclass

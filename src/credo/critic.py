@@ -49,6 +49,12 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        device, home = self.head.weight.device, tokens.device
+        if device != home:  # CUDA path (credo/gpu.py): values come back to the batch's device
+            from credo.gpu import on_model_device
+
+            with on_model_device(home, device):
+                return self.forward(tokens.to(device), attention_mask.to(device)).to(home)
         if self.kind == "model":
             hidden = self.backbone(input_ids=tokens, attention_mask=attention_mask).last_hidden_state
         else:

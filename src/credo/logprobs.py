@@ -58,6 +58,16 @@ def policy_outputs(
     unknown = set(needs) - set(OUTPUT_NEEDS)
     if unknown:
         raise ValueError(f"unknown policy output(s) {sorted(unknown)}; valid: {', '.join(OUTPUT_NEEDS)}")
+    device, home = next(model.parameters()).device, tokens.device
+    if device != home:  # CUDA path (credo/gpu.py): the batch stays on the CPU, the forward runs on the GPU
+        from credo.gpu import on_model_device
+
+        with on_model_device(home, device):
+            out = policy_outputs(model, tokens.to(device), attention_mask.to(device), score_mask.to(device),
+                                 temperature=temperature, needs=needs)
+        return PolicyOutputs(*(None if x is None else (tuple(h.to(home) for h in x) if isinstance(x, tuple)
+                                                        else x.to(home))
+                               for x in (out.logprobs, out.entropy, out.full_logprobs, out.hidden_states)))
     want_hidden = "hidden_states" in needs
     out = model.base_model(input_ids=tokens, attention_mask=attention_mask.long(),
                            output_hidden_states=want_hidden)

@@ -104,6 +104,7 @@ class _Trajectory:
     end: str = "max_turns"
     env_errors: int = 0
     live: bool = True
+    weight_version: int = 0  # the engine's weight version of the first action (set in act)
 
     def room(self, extra: int, budget: int | None, new_tokens: int) -> bool:
         """Whether one more action of `new_tokens` fits after `extra` more tokens."""
@@ -112,6 +113,8 @@ class _Trajectory:
     def act(self, task: MultiTurnTask, action: Completion) -> str | None:
         """Append the action and ask the environment; returns the observation (None: episode over)."""
         start = len(self.tokens)
+        if not self.spans:
+            self.weight_version = action.weight_version
         self.keys.append(tuple(self.observations))
         self.tokens += list(action.token_ids)
         self.logprobs += list(action.logprobs)
@@ -150,7 +153,7 @@ class _Trajectory:
                 "end": self.end, "env_errors": self.env_errors}
         return Completion(prompt_ids=list(self.prompt_ids), token_ids=self.tokens, logprobs=self.logprobs,
                           trainable=self.trainable, finish_reason=self.finish, text="".join(self.parts),
-                          meta=meta)
+                          meta=meta, weight_version=self.weight_version)
 
 
 def generate_multiturn(

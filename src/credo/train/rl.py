@@ -494,6 +494,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     grad_stats = GradSNR() if ctx.snr_lr else None
     several = {} if ctx.dist is None else {"dist": ctx.dist}  # (torch.distributed ranks)
+    if callable(getattr(ctx.engine, "offload", None)):  # colocated vLLM frees its GPU memory
+        ctx.engine.offload()
     update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats,
                         **several)
     if ctx.credit_protocol is not None:
@@ -506,6 +508,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
             ctx.dist.before_rollout()
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
                                     generator, ctx.settings.autocast_dtype, **several))
+    t_sync = time.perf_counter()
+    ctx.engine.load_weights(scoring_model(ctx), version=step + 1)  # weight sync: the next rollout samples these
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())
@@ -518,6 +522,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         "zero_variance_groups": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
         "response_length": float(lengths.mean()),
         "truncation_rate": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        # updates between the weights a completion was sampled with and this step's (0: on-policy engine)
+        "policy_lag_max": float(step - min(c.weight_version for c in completions)),
         "verifier_errors": errors,
         "skipped_prompts": len(drop),
         **update,
@@ -527,6 +533,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,
+        "weight_sync_time": t_end - t_sync,
         # prompt + completion tokens of the rollout batch per second of the whole step
         "tokens_per_s": float(batch.attention_mask.sum()) / max(t_end - t0, 1e-9),
         "gen_tokens_per_s": gen_tokens / max(t_gen - t0, 1e-9),

@@ -34,12 +34,13 @@ from credo.credit.normalisation import OBLRState
 from credo.dist.env import SINGLE, NullWriter, World
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
+from credo.gpu import attention_implementation, make_engine, place_policy, resolve_device, resolve_rollout_defaults
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
 from credo.objectives.base import needs_of
 from credo.objectives.is_correction import IS_CORRECTIONS
 from credo.objectives.distribution import wire_internal_policy
-from credo.rollout import SamplingParams, TorchEngine
+from credo.rollout import RolloutEngine, SamplingParams
 from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
@@ -124,6 +125,9 @@ def validate(cfg: TrainConfig) -> None:
         if not cfg.rl.recompute_old_logprobs:
             raise CredoError(f"rl.is_correction {cfg.rl.is_correction!r} weighs trainer against sampler "
                              f"logprobs: it needs rl.recompute_old_logprobs = true")
+    if cfg.rollout.engine == "vllm" and cfg.dist.strategy != "none":
+        raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
+                         "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     if cfg.rl.dynamic_sampling and cfg.dist.strategy != "none":
         # refill rounds differ per rank (different prompts keep different groups), so ranks would
         # disagree on the step's batch size and early exits: not built yet
@@ -156,10 +160,12 @@ def validate(cfg: TrainConfig) -> None:
                          f"set rl.minibatches >= 2 (got {cfg.rl.minibatches})")
 
 
-def max_prompt_tokens(model, sampling: SamplingParams) -> int | None:
-    """The longest prompt that leaves room for max_new_tokens in the model's context."""
-    context = getattr(model.config, "max_position_embeddings", None)
-    return None if context is None else context - sampling.max_new_tokens
+def max_prompt_tokens(model, sampling: SamplingParams, engine=None) -> int | None:
+    """The longest prompt that leaves room for max_new_tokens in the model's context (or in the
+    engine's, when it is shorter: vLLM's rollout.max_model_len)."""
+    limits = [getattr(model.config, "max_position_embeddings", None), getattr(engine, "max_model_len", None)]
+    limits = [c for c in limits if c]
+    return None if not limits else min(limits) - sampling.max_new_tokens
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -178,7 +184,7 @@ class Run:
     test: list
     model: torch.nn.Module
     tokenizer: Any
-    engine: TorchEngine
+    engine: RolloutEngine  # rollout.engine: TorchEngine or VLLMEngine (credo/gpu.py::make_engine)
     sampling: SamplingParams
     dtype: torch.dtype | None
     writer: MetricsWriter
@@ -195,12 +201,13 @@ class Run:
         t = time.perf_counter()
         result = evaluate(self.engine, self.tokenizer, self.task, self.test, self.sampling,
                           batch_size=self.cfg.task.eval_batch_size,
-                          max_prompt_tokens=max_prompt_tokens(self.model, self.sampling))
+                          max_prompt_tokens=max_prompt_tokens(self.model, self.sampling, self.engine))
         if self.cfg.task.eval_samples > 0:  # pass@k, maj@k, mean@k from K samples per prompt
             result.update(evaluate_sampled(self.engine, self.tokenizer, self.task, self.test, self.sampling,
                                            samples=self.cfg.task.eval_samples,
                                            batch_size=self.cfg.task.eval_batch_size, seed=self.cfg.run.seed,
-                                           max_prompt_tokens=max_prompt_tokens(self.model, self.sampling)))
+                                           max_prompt_tokens=max_prompt_tokens(self.model, self.sampling,
+                                                                               self.engine)))
         self.timings[f"eval_{label}"] = time.perf_counter() - t
         self.summary[label] = result
         self.writer.write({"phase": "eval", "stage": label, **result})
@@ -212,6 +219,9 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     """Validate, seed, build the task and held-out set, create the run folder, load the model.
 
     Several ranks: every rank loads the same model (same seed); only rank 0 creates the folder."""
+    for note in resolve_rollout_defaults(cfg):  # before config.json: it records the resolved values
+        if world.is_main:
+            print(f"credo: {note}", flush=True)
     validate(cfg)
     started = time.perf_counter()
     if cfg.model.threads:
@@ -225,12 +235,14 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     if not resume and world.is_main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
+    device = resolve_device(cfg.model.device)  # before any copy: ref model and critic follow it
+    place_policy(policy.model, device, attention_implementation(device, cfg.model.attn_implementation))
     dtype = PRECISIONS[cfg.model.precision]
     sc = cfg.sampling
     summary = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
                "model": policy.source, "task": cfg.task.name, "eval_size": len(test)}
     return Run(cfg, run_dir, task, test, policy.model, policy.tokenizer,
-               TorchEngine(policy.model, policy.tokenizer, autocast_dtype=dtype),
+               make_engine(cfg, policy.model, policy.tokenizer, policy.source, dtype, run_dir),
                SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop)),
                dtype, MetricsWriter(run_dir / "metrics.jsonl") if world.is_main else NullWriter(), summary,
                {"load": time.perf_counter() - started}, world=world)
@@ -253,6 +265,7 @@ def warmup_stage(run: Run) -> None:
     run_warmup(run.model, run.tokenizer, run.task, demos, steps=wc.steps, batch_size=wc.batch_size,
                lr=wc.lr, seed=run.cfg.run.seed, autocast_dtype=run.dtype, on_step=on_step)
     bar.close()
+    run.engine.load_weights(run.model, version=0)  # a separate engine (vLLM) samples the warmed-up policy
     run.timings["warmup"] = time.perf_counter() - t
     run.held_out("warmup")
     if run.world.is_main:  # (the warm-up is replicated: every rank ran the same steps on the same demos)
@@ -291,7 +304,7 @@ def rl_context(run: Run) -> RLContext:
     optimizer = make_optimizer(model, rl.lr, rl.weight_decay)
     critic = critic_opt = None
     if "values" in credit_needs:  # PPO's critic path: a value model trained beside the policy
-        critic = ValueModel(plain, kind=rl.critic_kind)
+        critic = ValueModel(plain, kind=rl.critic_kind).to(next(plain.parameters()).device)
         critic_opt = critic_optimizer(critic, rl.critic_lr)
     resumed_rl = run.resumed is not None and run.resumed.state.get("stage") == "rl"
     if resumed_rl and is_dcp(run.resumed):  # sharded (torch.distributed.checkpoint): any world size
@@ -323,7 +336,7 @@ def rl_context(run: Run) -> RLContext:
                                      max_grad_norm=rl.max_grad_norm)
     return RLContext(model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
-                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling), credit_name=rl.credit,
+                     max_prompt_tokens=max_prompt_tokens(run.model, run.sampling, run.engine), credit_name=rl.credit,
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
@@ -365,6 +378,8 @@ def rl_stage(run: Run) -> None:
     prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
     bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
+    sampled = run.model if run.placement is None else run.placement.rollout_model  # (dist: the plain copy)
+    run.engine.load_weights(sampled, version=first)  # the weights RL starts from (warm-up or resume)
     t = time.perf_counter()
     bar = _progress(rl.steps, "RL", run.cfg.run.progress)
     bar.update(first)
