@@ -57,8 +57,21 @@ def catalog_markdown() -> str:
         "*reconstructed* ones implement the paper's stated math, and their docstrings say what was assumed.\n\n"
         "## Policy objectives (`rl.objective`)\n\n" + markdown(entries(credo.objectives)) + "\n\n"
         "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n\n"
-        "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n"
+        "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n\n"
+        "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
+
+
+def recipe_markdown() -> str:
+    """One table row per recipe: name, paper, what it sets."""
+    from credo.recipes import RECIPES
+
+    rows = ["| recipe | paper | summary | fields |", "|---|---|---|---|"]
+    for name in RECIPES.names():
+        r = RECIPES.get(name)
+        fields = ", ".join(f"`{k}={v}`" for k, v in r.fields.items())
+        rows.append(f"| `{name}` | {r.paper} | {r.summary} | {fields} |")
+    return "\n".join(rows)
 
 
 def correction_entries() -> list[Entry]:
@@ -76,6 +89,10 @@ def print_catalog(what: str = "all") -> None:
         print("presets: " + ", ".join(PRESETS.names()))
     if what in ("all", "tasks"):
         print("tasks: " + ", ".join(TASKS.names()))
+    if what in ("all", "recipes"):
+        from credo.recipes import table as recipe_table
+
+        print("\nrecipes (credo train --recipe NAME):\n" + recipe_table())
     import credo.credit
     import credo.objectives
 

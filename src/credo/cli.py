@@ -37,19 +37,33 @@ def _overrides(rest: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def resolve_config(preset: str | None, config_file: str | None, overrides: Sequence[tuple[str, str]]):
+def resolve_config(preset: str | None, config_file: str | None, overrides: Sequence[tuple[str, str]],
+                   recipe: str | None = None, notes: list[str] | None = None):
+    """preset -> recipe -> config file -> overrides; then the objective's pairing (credo/recipes.py)
+    for the fields none of them set. `notes` (if given) receives one line per pairing applied."""
     from credo import config as config_mod
+    from credo import recipes
     from credo.presets import PRESETS
 
     loaded = config_mod.load_file(config_file) if config_file else {}
     name = preset or loaded.get("preset") or "default"
     cfg = PRESETS.get(name)()
+    overrides = list(overrides)
+    explicit = recipes.explicit_fields(loaded, overrides)
+    rl_section = loaded.get("rl") if isinstance(loaded, dict) else None
+    recipe = recipe or dict(overrides).get("rl.recipe") or (
+        rl_section.get("recipe") if isinstance(rl_section, dict) else None)
+    if recipe:
+        recipes.apply_recipe(cfg, str(recipe))
     if loaded:
         config_mod.apply(cfg, loaded)
         if preset:  # an explicit --preset names the run even if the file says otherwise
             cfg.preset = preset
     for key, value in overrides:
         config_mod.set_dotted(cfg, key, value)
+    applied = recipes.apply_pairing(cfg, explicit)
+    if notes is not None:
+        notes.extend(applied)
     return cfg
 
 
@@ -62,12 +76,15 @@ def cmd_train(args, rest) -> int:
         run_dir = Path(args.resume)
         if not (run_dir / "config.json").is_file():
             raise CredoError(f"--resume {run_dir}: not a run folder (no config.json)")
-        if args.preset or args.config:
-            raise CredoError("--resume takes the run folder's own config.json; drop --preset / --config")
+        if args.preset or args.config or args.recipe:
+            raise CredoError("--resume takes the run folder's own config.json; drop --preset / --config / --recipe")
         cfg = resolve_config(None, str(run_dir / "config.json"), _overrides(rest))
         cfg.run.out_dir, cfg.run.name = str(run_dir.parent), run_dir.name
     else:
-        cfg = resolve_config(args.preset, args.config, _overrides(rest))
+        notes: list[str] = []
+        cfg = resolve_config(args.preset, args.config, _overrides(rest), recipe=args.recipe, notes=notes)
+        for note in notes:
+            print(f"credo: {note}", flush=True)
     summary = train(cfg, resume=bool(args.resume))
     keys = [k for k in ("base", "warmup", "rl") if k in summary]
     if keys:  # (ranks other than 0 of a torchrun job evaluate nothing)
@@ -141,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="run a training job (warm-up + RL)",
                        description="Extra --section.field VALUE arguments override the config.")
     p.add_argument("--preset", help="named preset (credo list presets)")
+    p.add_argument("--recipe", help="named method: objective, estimator, reduction and the paper's defaults "
+                                    "(credo list recipes); explicit fields still win")
     p.add_argument("--config", help="TOML or JSON config file (e.g. a run's config.json)")
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its newest complete checkpoint")
@@ -161,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "tasks", "objectives", "credit", "corrections"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

@@ -100,6 +100,11 @@ class WarmupConfig:
 
 @dataclass
 class RLConfig:
+    recipe: str = ""
+    """A named method (credo list recipes; credo/recipes.py) applied after the preset and before the
+    config file and command-line overrides, so explicit fields win. Empty = none. `credo train --recipe
+    NAME` sets it too. Without a recipe, choosing rl.objective alone also applies its paper's estimator /
+    reduction pairing to the fields left unset (recipes.py::PAIRINGS), with a note."""
     steps: int = 80
     """RL steps (each: sample, score, credit, update)."""
     prompts_per_step: int = 16

@@ -53,8 +53,10 @@ _recipe("dr_grpo", "Understanding R1-Zero-Like Training (arXiv 2503.20783)",
         rl__objective="dr_grpo", rl__credit="dr_grpo", rl__loss_reduction="seq_mean_token_sum_norm",
         rl__kl_coef=0.0)
 _recipe("dapo", "DAPO (arXiv 2503.14476)",
-        "clip-higher (0.2 / 0.28), dual clip 10, token-mean, no KL, dynamic sampling of mixed groups",
-        rl__objective="dapo", rl__credit="grpo", rl__loss_reduction="token_mean", rl__kl_coef=0.0)
+        "clip-higher (0.2 / 0.28), dual clip 10, token-mean, no KL, dynamic sampling of mixed groups "
+        "(the soft overlong punishment is length-dependent: set rl.overlong_buffer, the paper 4096 of 20480)",
+        rl__objective="dapo", rl__credit="grpo", rl__loss_reduction="token_mean", rl__kl_coef=0.0,
+        rl__dynamic_sampling=True)
 _recipe("gspo", "Group Sequence Policy Optimization (arXiv 2507.18071)",
         "clip on the length-normalised sequence ratio (3e-4 / 4e-4), sequence-mean of token means",
         rl__objective="gspo", rl__credit="grpo", rl__loss_reduction="seq_mean_token_mean", rl__kl_coef=0.0)
@@ -111,6 +113,56 @@ def recipe_overrides(name: str) -> dict[str, Any]:
 def pairing_for(objective: str) -> dict[str, Any]:
     """The estimator / reduction an objective's paper pairs it with ({} when none)."""
     return dict(PAIRINGS.get(objective, {}))
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{"rl.objective": "gspo"} -> {"rl": {"objective": "gspo"}} (for config.apply)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def explicit_fields(loaded: dict[str, Any], overrides, prefix: str = "") -> set[str]:
+    """The dotted fields a config file (nested dict) and command-line overrides set explicitly."""
+    out = {k for k, _ in overrides} if overrides is not None else set()
+    for key, value in loaded.items():
+        if isinstance(value, dict) and key != "params" and not key.endswith("_params"):
+            out |= explicit_fields(value, None, f"{prefix}{key}.")
+        else:
+            out.add(f"{prefix}{key}")
+    return out
+
+
+def apply_recipe(cfg, name: str) -> None:
+    """Set every field of recipe `name` on cfg (a TrainConfig) and record it in rl.recipe."""
+    from credo.config import apply
+
+    apply(cfg, _nested(recipe_overrides(name)))
+    cfg.rl.recipe = name
+
+
+def apply_pairing(cfg, explicit: set[str]) -> list[str]:
+    """The objective's paper pairing for the fields not in `explicit`; returns one note per field set.
+
+    Applied only when the objective itself was chosen explicitly and no recipe is in effect (a recipe
+    already names its estimator and reduction)."""
+    from credo.config import apply
+
+    if cfg.rl.recipe or "rl.objective" not in explicit:
+        return []
+    notes = []
+    for key, value in pairing_for(cfg.rl.objective).items():
+        if key in explicit:
+            continue
+        apply(cfg, _nested({key: value}))
+        notes.append(f"{key} = {value!r} (the pairing of rl.objective {cfg.rl.objective!r} in its paper; "
+                     f"set {key} to choose otherwise)")
+    return notes
 
 
 def table() -> str:
