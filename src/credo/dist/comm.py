@@ -73,7 +73,7 @@ def reduce_metrics(world: World, metrics: dict[str, float], rows: float) -> dict
             out[key] = float("nan")
         elif key in _SAME:
             out[key] = gathered[0].get(key, pairs[0][0])
-        elif key in _SUMMED:
+        elif key in _SUMMED or key.startswith("sandbox_"):  # (sandbox outcome counts, rewards/code.py)
             out[key] = sum(v for v, _ in pairs)
         elif key.endswith("_min"):
             out[key] = min(v for v, _ in pairs)

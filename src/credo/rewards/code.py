@@ -76,6 +76,17 @@ def extract_code(text: object) -> str | None:
     return fenced[-1] if fenced else None
 
 
+def outcome_counts(scores: Sequence[Any], prefix: str = "sandbox_") -> dict[str, float]:
+    """Per-outcome counts of scores that carry one (`Score.outcome`, set by code-executing tasks):
+    {"sandbox_ok": 3.0, "sandbox_wrong": 1.0, ...} over every CODE_OUTCOMES name; {} when no score
+    carries an outcome (the other tasks), so their metrics stay as they were."""
+    outcomes = [getattr(s, "outcome", None) for s in scores]
+    if all(o is None for o in outcomes):
+        return {}
+    counts = Counter(o for o in outcomes if o is not None)
+    return {f"{prefix}{name}": float(counts.get(name, 0)) for name in CODE_OUTCOMES}
+
+
 def _is_number(value: object) -> bool:
     """A finite int or float (a bool is not a reward)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -7,6 +7,7 @@ from typing import Any
 from credo.registry import Registry
 from credo.tasks.arithmetic import ArithmeticTask
 from credo.tasks.base import Example, Score, Task, render_prompt, split_of
+from credo.tasks.code import CodeTask
 from credo.tasks.countdown import CountdownTask
 from credo.tasks.jsonl import JsonlTask
 from credo.tasks.keyvalue import KeyValueTask
@@ -18,6 +19,7 @@ TASKS.register("countdown")(CountdownTask)
 TASKS.register("knights")(KnightsKnavesTask)
 TASKS.register("jsonl")(JsonlTask)
 TASKS.register("keyvalue")(KeyValueTask)
+TASKS.register("code")(CodeTask)
 
 
 def make_task(name: str, **params: Any) -> Task:
@@ -32,6 +34,7 @@ def make_task(name: str, **params: Any) -> Task:
 
 
 __all__ = [
+    "CodeTask",
     "KeyValueTask",
     "TASKS",
     "ArithmeticTask",

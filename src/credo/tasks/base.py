@@ -41,11 +41,14 @@ class Score:
     reward: the scalar used for training.
     correct: the answer is right (what accuracy counts).
     formatted: the completion has the required format (e.g. exactly one answer tag).
+    outcome: what happened when it was checked, for verifiers that execute code (the sandbox
+    outcome of `rewards/code.py::CODE_OUTCOMES`, counted per step in the metrics); None otherwise.
     """
 
     reward: float
     correct: bool
     formatted: bool
+    outcome: str | None = None
 
 
 @runtime_checkable

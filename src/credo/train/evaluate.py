@@ -7,6 +7,7 @@ import math
 import threading
 from typing import Sequence
 
+from credo.rewards.code import outcome_counts
 from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.tasks.base import Example, Score, Task, render_prompt
 
@@ -66,7 +67,9 @@ def safe_score(
         reward = score.reward
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             return Score(error_reward, False, False), True
-        return Score(float(reward), bool(score.correct), bool(score.formatted)), False
+        outcome = getattr(score, "outcome", None)
+        return Score(float(reward), bool(score.correct), bool(score.formatted),
+                     outcome if isinstance(outcome, str) else None), False
     except Exception:  # noqa: BLE001 - a verifier bug must not kill a long run; it is counted
         return Score(error_reward, False, False), True
 
@@ -111,6 +114,7 @@ def evaluate(
     """
     greedy = dataclasses.replace(sampling, temperature=0.0)
     correct = formatted = tokens = skipped = 0
+    scores = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
         prompts = encode_prompts(tokenizer, task, chunk)
@@ -121,6 +125,7 @@ def evaluate(
                                  1, greedy, seed, max_prompt_tokens)
         for ex, (completion,) in zip(chunk, groups):
             score, _ = safe_score(task, completion.text, ex)
+            scores.append(score)
             correct += score.correct
             formatted += score.formatted
             tokens += len(completion.token_ids)
@@ -131,4 +136,5 @@ def evaluate(
         "response_length": tokens / max(1, len(examples) - skipped),
         "n": len(examples),
         "skipped_prompts": skipped,
+        **outcome_counts(scores),  # code tasks: sandbox outcomes of the greedy completions
     }

@@ -31,6 +31,7 @@ from credo.credit.normalisation import OBLRState, logit_grad_sq_norm, oblr_lr_up
 from credo.critic import CriticSettings, ValueModel, compute_values, critic_update, critic_returns
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
 from credo.dist.shard import sample_groups
+from credo.rewards.code import outcome_counts
 from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
 from credo.train.snr import GradSNR
 
@@ -529,6 +530,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         **update,
         **credit_metrics,
         **turn_metrics(completions),
+        **outcome_counts(scores),  # code tasks: sandbox outcomes of this step's completions
         **selection,
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
