@@ -58,6 +58,7 @@ def catalog_markdown() -> str:
         "## Policy objectives (`rl.objective`)\n\n" + markdown(entries(credo.objectives)) + "\n\n"
         "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n\n"
         "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n\n"
+        "## Adaptive sampling temperatures (`rollout.temperature_schedule`)\n\n" + markdown(schedule_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
 
@@ -72,6 +73,13 @@ def recipe_markdown() -> str:
         fields = ", ".join(f"`{k}={v}`" for k, v in r.fields.items())
         rows.append(f"| `{name}` | {r.paper} | {r.summary} | {fields} |")
     return "\n".join(rows)
+
+
+def schedule_entries() -> list[Entry]:
+    """The rows of the adaptive sampling temperatures (rollout/temperature.py)."""
+    from credo.rollout.temperature import CATALOG
+
+    return sorted(CATALOG, key=lambda e: e.name)
 
 
 def correction_entries() -> list[Entry]:
@@ -102,6 +110,8 @@ def print_catalog(what: str = "all") -> None:
         print("\ncredit estimators:\n" + table(entries(credo.credit)))
     if what in ("all", "corrections"):
         print("\nimportance-sampling corrections (rl.is_correction):\n" + table(correction_entries()))
+    if what in ("all", "samplers"):
+        print("\nadaptive sampling temperatures (rollout.temperature_schedule):\n" + table(schedule_entries()))
 
 
 if __name__ == "__main__":

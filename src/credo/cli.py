@@ -180,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

@@ -261,6 +261,12 @@ class RolloutConfig:
     """Disable vLLM's CUDA graphs (faster start, slower decoding)."""
     weight_sync_bucket_mb: Annotated[int, Range(lo=1)] = 256
     """Weight sync streams the state dict into vLLM in buckets of at most this many MiB."""
+    temperature_schedule: Annotated[str, OneOf(("none", "hapo"))] = "none"
+    """An adaptive sampling temperature per row and decoding step (rollout/temperature.py), torch engine
+    only: "hapo" = HAPO's T (1 + clamp(h_hat, -1, 1) tau) from the previous training batch's entropy
+    statistics (one extra no-grad forward per step; its state is checkpointed). "none" = fixed."""
+    temperature_params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the schedule (hapo: tau 0.05, pivot 0.8, signed true)."""
     auto_is_correction: bool = True
     """With engine = "vllm" and rl.is_correction left at "none", the resolved config uses "tis"
     (truncated importance sampling of the sampler/trainer mismatch); false keeps "none"."""

@@ -92,6 +92,12 @@ _recipe("reinforce_pp_baseline", "REINFORCE++ (arXiv 2501.03262)",
         rl__objective="grpo", rl__credit="reinforce_pp_baseline", rl__loss_reduction="token_mean",
         rl__kl_coef=0.0)
 
+_recipe("hapo", "From Uniform to Heterogeneous (arXiv 2509.16591)",
+        "entropy-adaptive sampling temperature (tau 0.05), token-level group advantage, entropy-adaptive "
+        "clip and advantage redistribution, dual clip 10, token-mean, DAPO dynamic sampling",
+        rl__objective="hapo_token", rl__credit="hapo", rl__loss_reduction="token_mean", rl__kl_coef=0.0,
+        rl__dynamic_sampling=True, rollout__temperature_schedule="hapo")
+
 # Objectives whose paper fixes the estimator and / or the reduction they run with: choosing the
 # objective alone applies these to the fields the user left unset.
 PAIRINGS: dict[str, dict[str, Any]] = {

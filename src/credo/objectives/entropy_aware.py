@@ -333,7 +333,7 @@ def hapo_sampling_temperature(
 
     One row per sequence being decoded: T_n = temperature * (1 + clamp(h_hat_n, -1, 1) * tau), with
     h_hat from the row's entropy and the training batch's `stats` (hapo_entropy_signal). Rollout
-    side only: not wired into credo's engines (the official code patches vLLM). Defaults: tau 0.05,
+    side: applied by the torch engine through `rollout.temperature_schedule = "hapo"` (rollout/temperature.py; the official code patches vLLM). Defaults: tau 0.05,
     base temperature 1.0. Reference: official `compute_entropy_based_temperature`.
     """
     logp = torch.log_softmax(logits.float(), dim=-1)
@@ -409,7 +409,7 @@ def hapo_token_loss(
     low-entropy tokens too (see the spec's "entropy sign" note), so its low-entropy branches fire only at h_hat = 0.
     The token-level group-average advantage is `hapo_token_group_advantages` (credit side, not wired:
     this objective uses batch.advantages); the adaptive sampling temperature is
-    `hapo_sampling_temperature` (rollout side, not wired).
+    `hapo_sampling_temperature` (rollout side: `rollout.temperature_schedule = "hapo"`, rollout/temperature.py).
     h_hat's statistics are over this micro-batch, as in the official code (verl's actor calls the loss
     per micro-batch).
     Metrics: clip_fraction, approx_kl, ratio_min / ratio_max, h_hat_mean, redistributed_fraction.

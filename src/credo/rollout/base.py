@@ -12,7 +12,7 @@ tool (False); the loss mask is built from these flags and nothing else.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,8 @@ class SamplingParams:
     top_k: keep the k most likely tokens (0 = off).
     max_new_tokens: completion budget; a completion that uses it all finishes with "length".
     stop: strings that end a completion (kept in the completion, which finishes with "stop").
+    temperature_fn: an adaptive temperature, logits [A, V] -> temperatures [A], applied at every
+    decoding step instead of `temperature` when sampling (rollout/temperature.py); None = fixed.
     """
 
     temperature: float = 1.0
@@ -31,6 +33,7 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ()
+    temperature_fn: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -32,6 +32,8 @@ def choose_tokens(
     logits [A, V] (float32) -> (tokens [A], logprobs [A]).
     """
     temperature = sampling.temperature if sampling.temperature > 0 else 1.0
+    if sampling.temperature > 0 and sampling.temperature_fn is not None:  # one temperature per row
+        temperature = sampling.temperature_fn(logits).to(logits.dtype)[:, None]
     logprobs = torch.log_softmax(logits / temperature, dim=-1)
     if sampling.temperature <= 0:
         tokens = logprobs.argmax(dim=-1)

@@ -283,6 +283,7 @@ class RLContext:
     overlong: Callable | None = None  # rl.overlong_buffer > 0: (rewards, lengths) -> (shaped, metrics)
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
+    temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too
 
 
 def scoring_model(ctx: RLContext) -> torch.nn.Module:
@@ -423,6 +424,22 @@ def advance_credit_state(ctx: RLContext, batch: RolloutBatch, prompt_ids: torch.
                                       lambda tokens, scored: rescore_responses(ctx, tokens, scored))
 
 
+@torch.no_grad()
+def observe_sampling_entropy(ctx: RLContext, batch: RolloutBatch) -> dict[str, float]:
+    """Hand an adaptive temperature schedule that reads the training batch (`needs_entropy`) this
+    step's per-token entropies [B, T] under the pre-update policy; one no-grad forward per micro-batch.
+    The schedule's next rollout uses them; returns its metrics."""
+    model = scoring_model(ctx)
+    entropy = torch.zeros_like(batch.sampler_logprobs)
+    for micro in torch.arange(batch.tokens.shape[0]).split(ctx.settings.micro_batch_size):
+        part = batch.select(micro)
+        with autocast_context(ctx.settings.autocast_dtype, part.tokens.device):
+            out = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
+                                 temperature=ctx.settings.temperature, needs=frozenset({"entropy"}))
+        entropy[micro, : part.tokens.shape[1]] = out.entropy.float()
+    return ctx.temperature_schedule.observe(entropy, batch.loss_mask)
+
+
 def advance_lr_scale(ctx: RLContext, grad_stats: GradSNR) -> dict[str, float]:
     """OBLR-PO's SNR learning rate after a step: `oblr_lr_update(state, snr, base_lr=1.0)` gives the
     state and the lr scale of the NEXT step (the first measured SNR is the reference, so the scale
@@ -492,6 +509,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     if ctx.credit_protocol is not None:
         next_state, state_metrics = advance_credit_state(ctx, batch, row_prompt_ids)
         credit_metrics.update(state_metrics)
+    if ctx.temperature_schedule is not None and getattr(ctx.temperature_schedule, "needs_entropy", False):
+        credit_metrics.update(observe_sampling_entropy(ctx, batch))  # (for the next step's rollout)
     generator = torch.Generator().manual_seed(ctx.seed * 7919 + step)
     grad_stats = GradSNR() if ctx.snr_lr else None
     several = {} if ctx.dist is None else {"dist": ctx.dist}  # (torch.distributed ranks)

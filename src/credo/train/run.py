@@ -18,6 +18,7 @@ import inspect
 import json
 import random
 import time
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ from credo.objectives.base import needs_of
 from credo.objectives.is_correction import IS_CORRECTIONS
 from credo.objectives.distribution import wire_internal_policy
 from credo.rollout import RolloutEngine, SamplingParams
+from credo.rollout.temperature import TEMPERATURE_SCHEDULES, make_schedule
 from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
@@ -128,6 +130,12 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rollout.engine == "vllm" and cfg.dist.strategy != "none":
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
+    if cfg.rollout.temperature_schedule != "none":
+        TEMPERATURE_SCHEDULES.get(cfg.rollout.temperature_schedule)
+        if cfg.rollout.engine != "torch":
+            raise CredoError(f"rollout.temperature_schedule {cfg.rollout.temperature_schedule!r} needs the torch "
+                             f"engine (per-row temperatures at each decoding step); rollout.engine is "
+                             f"{cfg.rollout.engine!r}")
     if cfg.rl.dynamic_sampling and cfg.dist.strategy != "none":
         # refill rounds differ per rank (different prompts keep different groups), so ranks would
         # disagree on the step's batch size and early exits: not built yet
@@ -325,6 +333,12 @@ def rl_context(run: Run) -> RLContext:
         if resumed_rl and "snr_lr" not in run.resumed.state:
             raise CredoError(f"checkpoint {run.resumed.folder} has no SNR learning-rate state (rl.snr_lr)")
         lr_state, lr_scale = lr_state_from_json(run.resumed.state["snr_lr"]) if resumed_rl else (OBLRState(), 1.0)
+    schedule = make_schedule(run.cfg.rollout.temperature_schedule, run.cfg.rollout.temperature_params,
+                             run.sampling.temperature)  # an adaptive sampling temperature (rollout/temperature.py)
+    if schedule is not None and resumed_rl:
+        if "temperature_schedule" not in run.resumed.state:
+            raise CredoError(f"checkpoint {run.resumed.folder} has no state for rollout.temperature_schedule")
+        schedule.load_state(run.resumed.state["temperature_schedule"])
     sources = CreditSources(
         model=plain, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
@@ -334,13 +348,14 @@ def rl_context(run: Run) -> RLContext:
     critic_settings = CriticSettings(lr=rl.critic_lr, value_clip=rl.value_clip, epochs=rl.epochs,
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
+    sampling = run.sampling if schedule is None else dataclasses.replace(run.sampling, temperature_fn=schedule)
     return RLContext(model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
-                     credit, run.sampling, rl.group_size, settings, run.cfg.run.seed,
+                     credit, sampling, rl.group_size, settings, run.cfg.run.seed,
                      max_prompt_tokens=max_prompt_tokens(run.model, run.sampling, run.engine), credit_name=rl.credit,
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
-                     seed_per_prompt=run.cfg.dist.seed_per_prompt)
+                     seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule)
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
@@ -356,6 +371,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
     state = {"stage": "rl", "rl_step": steps_done}
     if ctx.snr_lr:  # the lr of the next step is lr_at(step) * this lr_scale (exact resume)
         state["snr_lr"] = lr_state_to_json(ctx.lr_state, ctx.lr_scale)
+    if ctx.temperature_schedule is not None:  # the next rollout's temperatures depend on it (exact resume)
+        state["temperature_schedule"] = ctx.temperature_schedule.state()
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
