@@ -9,7 +9,7 @@ import torch
 
 from credo.credit import CREDIT, CreditInputs
 from credo.credit.base import credit_needs_of, steps_from_boundaries
-from credo.credit.judges import SyntheticJudge
+from credo.judges.synthetic import SyntheticJudge
 from credo.credit.process import (capo, capo_loop, grounded_prm, grounded_prm_loop, judge_wrong_fraction, pure,
                                   pure_loop, pure_sum, tp_grpo, tp_grpo_loop)
 

@@ -16,7 +16,7 @@ import torch
 
 from credo.batch import build_batch
 from credo.credit.base import CreditInputs, num_steps
-from credo.credit.judges import SyntheticJudge
+from credo.judges.synthetic import SyntheticJudge
 from credo.errors import CredoError
 from credo.logprobs import token_logprobs
 from credo.rollout.base import Completion, SamplingParams

@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     from credo.creditbench import cli as creditbench_cli
 
     creditbench_cli.add_parser(sub)  # `credo creditbench`: estimators against exactly known credit
+    from credo.judges import train_prm
+
+    train_prm.add_parser(sub)  # `credo train-prm`: a process reward model from step labels
     return parser
 
 

@@ -195,6 +195,11 @@ class RLConfig:
     recompute_old_logprobs: bool = True
     """Recompute the behaviour logprobs with the trainer's forward pass before updating (costs one
     forward; removes the sampler/trainer numeric mismatch from the importance ratio)."""
+    judge: str = "synthetic"
+    """Who scores steps for step-level credit (PURE, CAPO, TP-GRPO, ...): "synthetic" (the task's true
+    step scores with rl.judge_noise / judge_bias / judge_flip), "llm" (the bundled SmolLM2 asked yes/no,
+    scored from its logprobs), "llm:<folder>" (any local causal LM) or "prm:<folder>" (a process reward
+    model trained by `credo train-prm`). See credo/judges/."""
     judge_noise: float = 0.0
     """Step judge / PRM for step-level credit (PURE, CAPO, TP-GRPO, ...): std of the Gaussian noise a
     SyntheticJudge adds to the task's true step scores."""

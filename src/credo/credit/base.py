@@ -9,7 +9,7 @@ Two kinds of estimator share one registry (`CREDIT`):
   fields of `CreditInputs` the trainer (or CreditBench) must fill in. Fields not declared are None.
 
 Signals that need a judge, a PRM, an oracle, a matcher or an extra model are computed *before* the
-estimator, into `step_rewards` (see `credit/judges.py`), so the estimators stay pure functions.
+estimator, into `step_rewards` (see `credo/judges/`), so the estimators stay pure functions.
 An outcome-level estimator with memory across steps (SPO's tracker) is marked `stateful`: it reads
 its state as a keyword and the trainer advances, carries and checkpoints it (`CreditState`).
 """

@@ -31,7 +31,7 @@ import torch
 
 from credo.batch import RolloutBatch
 from credo.credit.base import _unwrap
-from credo.credit.judges import SyntheticJudge
+from credo.judges.synthetic import StepJudge
 from credo.rollout.base import Completion, SamplingParams
 from credo.tasks.base import Example
 
@@ -45,7 +45,7 @@ class CreditSources:
     engine: Any
     task: Any
     sampling: SamplingParams
-    judge: SyntheticJudge
+    judge: StepJudge | None  # rl.judge (credo/judges/); None when the estimator reads no step rewards
     probe_samples: int = 4
     temperature: float = 1.0
     autocast_dtype: torch.dtype | None = None

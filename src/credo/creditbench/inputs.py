@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from credo.credit.base import CreditInputs, credit_needs_of, is_token_level
-from credo.credit.judges import SyntheticJudge
+from credo.judges.synthetic import SyntheticJudge
 from credo.creditbench.env import Sample
 from credo.creditbench.policy import TabularPolicy
 

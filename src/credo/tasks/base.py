@@ -66,7 +66,7 @@ class Task(Protocol):
 
     # Optional: `step_truth(example, steps: list[str]) -> list[float]`, the exact score of each step
     # of a completion (+1 right, -1 wrong, 0 neutral), for step-level credit: a synthetic judge / PRM
-    # adds noise and bias to it (credit/judges.py). Tasks without it get an outcome-only judge.
+    # adds noise and bias to it (judges/synthetic.py). Tasks without it get an outcome-only judge.
 
     # Optional: `final_answer(completion, example) -> str | None`, the answer a completion commits to,
     # in a canonical form (equal answers give equal strings), or None when it commits to none; what

@@ -9,9 +9,10 @@ Where each field comes from in training:
 - steps: multi-turn tasks: the policy turns; single-turn: lines of the completion (a step ends at a
   token whose text contains a newline), as PURE splits at "\\n\\n";
 - step_rewards: multi-turn tasks: the environment's per-turn rewards; single-turn: the configured
-  judge (`SyntheticJudge` with rl.judge_noise / judge_bias / judge_flip) on the task's true step scores
+  judge (rl.judge: an LLM judge or a trained PRM, credo/judges/; or the default `SyntheticJudge` with
+  rl.judge_noise / judge_bias / judge_flip on the task's true step scores
   (`task.step_truth(example, steps)`; a task without it gets the outcome as every step's truth:
-  +1 for a correct answer, -1 otherwise, i.e. an outcome-only judge);
+  +1 for a correct answer, -1 otherwise, i.e. an outcome-only judge));
 - step_keys: multi-turn: the observation before each turn; single-turn: the completion text before
   the step (identical prefixes are identical states);
 - values: the critic (`credo.critic`);
@@ -68,18 +69,28 @@ def _nan_padded(rows: Sequence[Sequence[float]]) -> torch.Tensor:
 
 
 def judged_step_rewards(ctx: StepContext, texts: list[list[str]]) -> torch.Tensor:
-    """[B, K]: the judge's score of each step against the task's true step scores."""
+    """[B, K]: the judge's score of each step (rl.judge, credo/judges/). The synthetic judge reads the
+    task's true step scores; a model judge (LLM, PRM) ignores them and scores all rows in one batched
+    call (`score_many`). Steps scored and seconds spent go to the metrics (judge_calls, judge_seconds)."""
+    import time
+
     src = ctx.sources
-    truth_fn = getattr(src.task, "step_truth", None)
-    rows = []
-    for b, steps in enumerate(texts):
-        example = ctx.examples[b]
-        if truth_fn is not None:
-            truth = truth_fn(example, steps)
-        else:  # an outcome-only judge: every step inherits the verdict on the answer
-            truth = [1.0 if float(ctx.batch.rewards[b]) > 0 else -1.0] * len(steps)
-        rows.append(src.judge.score(example.prompt, steps, truth))
-        src.counters["judge_calls"] += len(steps)
+    start = time.perf_counter()
+    score_many = getattr(src.judge, "score_many", None)
+    if score_many is not None:
+        rows = score_many([(ctx.examples[b].prompt, steps) for b, steps in enumerate(texts)])
+    else:
+        truth_fn = getattr(src.task, "step_truth", None)
+        rows = []
+        for b, steps in enumerate(texts):
+            example = ctx.examples[b]
+            if truth_fn is not None:
+                truth = truth_fn(example, steps)
+            else:  # an outcome-only judge: every step inherits the verdict on the answer
+                truth = [1.0 if float(ctx.batch.rewards[b]) > 0 else -1.0] * len(steps)
+            rows.append(src.judge.score(example.prompt, steps, truth))
+    src.counters["judge_calls"] += sum(len(steps) for steps in texts)
+    src.counters["judge_seconds"] = src.counters.get("judge_seconds", 0.0) + time.perf_counter() - start
     return _nan_padded(rows)
 
 

@@ -30,7 +30,7 @@ import torch
 from credo.config import TrainConfig, to_dict
 from credo.credit import CREDIT
 from credo.credit.base import credit_needs_of, credit_state_of
-from credo.credit.judges import SyntheticJudge
+from credo.judges import check_judge_spec, make_judge
 from credo.credit.normalisation import OBLRState
 from credo.dist.env import SINGLE, NullWriter, World
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
@@ -122,6 +122,10 @@ def validate(cfg: TrainConfig) -> None:
     OBJECTIVES.get(cfg.rl.objective)
     CREDIT.get(cfg.rl.credit)
     KL_ESTIMATORS.get(cfg.rl.kl_estimator)
+    check_judge_spec(cfg.rl.judge)
+    if cfg.rl.judge != "synthetic" and "step_rewards" not in credit_needs_of(CREDIT.get(cfg.rl.credit)):
+        raise CredoError(f"rl.judge {cfg.rl.judge!r} scores steps, but rl.credit {cfg.rl.credit!r} reads no step "
+                         f"rewards (step-level estimators do: pure_min, capo, tp_grpo, ...; `credo list credit`)")
     if cfg.rl.is_correction != "none":
         IS_CORRECTIONS.get(cfg.rl.is_correction)
         if not cfg.rl.recompute_old_logprobs:
@@ -341,7 +345,9 @@ def rl_context(run: Run) -> RLContext:
         schedule.load_state(run.resumed.state["temperature_schedule"])
     sources = CreditSources(
         model=plain, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
-        judge=SyntheticJudge(noise=rl.judge_noise, bias=rl.judge_bias, flip=rl.judge_flip, seed=run.cfg.run.seed),
+        judge=(make_judge(rl.judge, seed=run.cfg.run.seed, noise=rl.judge_noise, bias=rl.judge_bias,
+                          flip=rl.judge_flip, device=next(plain.parameters()).device)
+               if rl.judge == "synthetic" or "step_rewards" in credit_needs else None),
         probe_samples=rl.probe_samples, temperature=settings.temperature, autocast_dtype=run.dtype,
         micro_batch_size=rl.micro_batch_size, critic=critic, phase_marker=rl.phase_marker,
         dpo_model=rl.dpo_model)

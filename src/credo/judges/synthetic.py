@@ -1,4 +1,4 @@
-"""One small interface for everything that scores steps: judges, PRMs, oracles, critics-as-judges.
+"""The synthetic step judge (tests, CreditBench) and the `StepJudge` interface every judge implements.
 
 Credit methods that need a second model (PURE's PRM, CAPO's critique votes, TP-GRPO's GenPRM, SLATE's
 judge, MAPO's turn judge, Sotopia-RL's attribution LLM, GroundedPRM's tool-verified labels, ...) take a

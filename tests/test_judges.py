@@ -1,0 +1,280 @@
+"""Judges and reward models (credo/judges/): AUROC, calculator and Monte Carlo step labels, the PRM
+(batched = one-by-one, save/load, truncation), the LLM judge (hand-computed yes/no probability, batched
+= one-by-one, cache) and `rl.judge` in a tiny training run."""
+
+import itertools
+import random
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from credo.errors import CredoError
+from credo.judges import check_judge_spec, make_judge
+from credo.judges.llm import TEMPLATES, LLMJudge
+from credo.judges.prm import PRMJudge, ProcessRewardModel
+from credo.judges.prm_data import arith_chain, arith_chains, mc_step_labels, split_steps
+from credo.judges.train_prm import PRMTrainSettings, auroc, evaluate_prm, train_prm
+from credo.models import load_policy
+from credo.rollout.base import Completion, SamplingParams
+from credo.tasks import TASKS, make_task
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixture_tasks import ParityTask, tiny_run  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return load_policy("tiny", seed=0)
+
+
+# --- AUROC ---------------------------------------------------------------------------------------
+
+def test_auroc_hand_computed():
+    # positives {0.35, 0.8} vs negatives {0.1, 0.4}: 0.35 > 0.1, 0.35 < 0.4, 0.8 > both -> 3 / 4
+    assert auroc([0.1, 0.4, 0.35, 0.8], [-1, -1, 1, 1]) == 0.75
+    assert auroc([0.5, 0.5], [1, -1]) == 0.5  # a tie counts one half
+    assert auroc([0.9, 0.1, 0.3], [1, -1, 0]) == 1.0  # label 0 is ignored
+    assert auroc([0.2, 0.3], [1, 1]) != auroc([0.2, 0.3], [1, 1])  # one class only: NaN
+
+
+def test_auroc_equals_the_pairwise_definition():
+    rng = random.Random(0)
+    scores = [rng.choice([0.1, 0.2, 0.3, 0.5, 0.9]) for _ in range(60)]  # many ties
+    labels = [rng.choice([-1, 1]) for _ in range(60)]
+    pos = [s for s, y in zip(scores, labels) if y > 0]
+    neg = [s for s, y in zip(scores, labels) if y < 0]
+    pairwise = sum((p > n) + 0.5 * (p == n) for p, n in itertools.product(pos, neg)) / (len(pos) * len(neg))
+    assert auroc(scores, labels) == pytest.approx(pairwise, abs=1e-12)
+
+
+# --- step labels ---------------------------------------------------------------------------------
+
+def test_arith_chain_correct_solution_and_labels():
+    task = make_task("arith")
+    ex = task.examples("train", 1, 0)[0]
+    ex = type(ex)("What is 23+45?", "68", "<answer>68</answer>", {})
+    rng = random.Random(0)
+    steps = arith_chain(23, "+", 45, rng, slip=0.0, direct=0.0)
+    assert steps == ["20+40=60", "3+5=8", "60+8=68", "<answer>68</answer>"]
+    assert task.step_truth(ex, steps) == [1.0, 1.0, 1.0, 1.0]
+    assert arith_chain(23, "-", 45, rng, slip=0.0, direct=0.0) == ["23-40=-17", "-17-5=-22", "<answer>-22</answer>"]
+    assert arith_chain(23, "*", 4, rng, slip=0.0, direct=0.0) == ["20*4=80", "3*4=12", "80+12=92", "<answer>92</answer>"]
+
+
+@pytest.mark.parametrize("difficulty", [2, 3, 5])
+def test_arith_chain_slips_are_carried_forward(difficulty):
+    task = make_task("arith", difficulty=difficulty)
+    rows = arith_chains(task, task.examples("train", 300, 0), seed=1)
+    slipped = 0
+    for row in rows:
+        eq = [y for s, y in zip(row.steps, row.labels) if "<answer>" not in s]
+        assert row.labels[-1] in (1.0, -1.0) and "<answer>" in row.steps[-1]
+        assert eq.count(-1.0) <= 1  # one slip at most, later equations hold on the carried value
+        if -1.0 in eq:
+            assert row.labels[-1] == -1.0  # a slip before the answer makes the answer wrong
+        slipped += row.labels[-1] == -1.0
+    assert 0.3 < slipped / len(rows) < 0.7  # about half the solutions carry a slip
+
+
+class ScriptedEngine:
+    """A rollout engine whose continuation text is a function of the prefix (for MC labels)."""
+
+    def __init__(self, tokenizer, answer_for):
+        self.tokenizer, self.answer_for, self.calls = tokenizer, answer_for, []
+
+    def generate(self, prompts, n, sampling, seed):
+        out = []
+        for p in prompts:
+            text = self.tokenizer.decode(p)
+            self.calls.append(text)
+            out.append([Completion(list(p), [], [], [], "stop", self.answer_for(text, j)) for j in range(n)])
+        return out
+
+    def load_weights(self, model, version=0):
+        pass
+
+
+class LastTagTask:
+    """Correct when the last answer tag holds the answer (worked steps before it allowed)."""
+
+    name = "last_tag"
+
+    def score(self, completion, example):
+        from credo.tasks.base import Score
+
+        ok = completion.rstrip().endswith(f"<answer>{example.answer}</answer>")
+        return Score(reward=float(ok), correct=ok, formatted=True)
+
+
+def test_math_shepherd_mc_labels_hard_and_soft(tiny):
+    from credo.tasks.base import Example
+
+    task = LastTagTask()
+    ex = Example("What is 23+45?", "68", "<answer>68</answer>", {})
+    completion = "20+40=60\n3+5=9\n<answer>69</answer>"
+
+    def answer_for(text, j):  # after the wrong "3+5=9" no continuation recovers; before, one in two does
+        return "<answer>69</answer>" if "3+5=9" in text else ("<answer>68</answer>" if j == 0 else "<answer>1</answer>")
+
+    engine = ScriptedEngine(tiny.tokenizer, answer_for)
+    prompt_ids = tiny.tokenizer.encode("P:", add_special_tokens=False)
+    sampling = SamplingParams(max_new_tokens=8)
+    rows, sampled = mc_step_labels(engine, tiny.tokenizer, task, [ex], [completion], [prompt_ids], n=2,
+                                   sampling=sampling)
+    # step 1: one of two continuations correct -> hard +1; step 2: none -> -1; last step: its own verdict
+    assert rows[0].steps == split_steps(completion)
+    assert rows[0].labels == [1.0, -1.0, -1.0]
+    assert sampled == 4 and len(engine.calls) == 2
+    assert engine.calls[0].endswith("20+40=60\n")  # the prefix ends after the step and its newline
+    soft, _ = mc_step_labels(engine, tiny.tokenizer, task, [ex], [completion], [prompt_ids], n=2,
+                             sampling=sampling, soft=True)
+    assert soft[0].labels == [0.0, -1.0, -1.0]  # 2 * (1/2) - 1, 2 * 0 - 1, the answer is wrong
+
+
+# --- the process reward model --------------------------------------------------------------------
+
+def _rows():
+    task = make_task("arith", difficulty=3)
+    return arith_chains(task, task.examples("train", 12, 0), seed=0)
+
+
+def test_prm_batched_scores_equal_one_by_one(tiny):
+    prm = ProcessRewardModel(tiny.model, tiny.tokenizer)
+    judge = PRMJudge(prm, batch_size=8)
+    rows = _rows()
+    items = [(r.prompt, r.steps) for r in rows]
+    batched = judge.score_many(items)
+    single = [judge.score(p, s) for p, s in items]
+    for b, s, r in zip(batched, single, rows):
+        assert len(b) == len(r.steps)
+        assert b == pytest.approx(s, abs=1e-5)
+        assert all(-1.0 <= x <= 1.0 for x in b)
+    assert judge.calls == 2 * sum(len(r.steps) for r in rows)
+
+
+def test_prm_reads_the_hidden_state_at_each_step_separator(tiny):
+    prm = ProcessRewardModel(tiny.model, tiny.tokenizer).eval()
+    e = prm.encode("What is 1+2?", ["1+2=3", "<answer>3</answer>"])
+    sep = tiny.tokenizer.encode("\n", add_special_tokens=False)
+    for end in e.ends:
+        assert e.ids[end - len(sep) + 1: end + 1] == sep
+    with torch.no_grad():
+        hidden = tiny.model.model(input_ids=torch.tensor([e.ids])).last_hidden_state[0]
+        expected = torch.sigmoid(prm.head(hidden[e.ends]).squeeze(-1))
+    got = PRMJudge(prm, low=0.0, high=1.0).score("What is 1+2?", ["1+2=3", "<answer>3</answer>"])
+    assert got == pytest.approx(expected.tolist(), abs=1e-6)
+
+
+def test_prm_steps_past_max_tokens_are_neutral(tiny):
+    prm = ProcessRewardModel(tiny.model, tiny.tokenizer, max_tokens=20)
+    scores = PRMJudge(prm).score("What is 1+2?", ["1+2=3"] * 10)
+    assert len(scores) == 10 and scores[-1] == 0.0  # (low + high) / 2 on [-1, 1]
+
+
+def test_prm_training_lowers_the_loss_and_save_load_round_trips(tiny, tmp_path):
+    prm = ProcessRewardModel(load_policy("tiny", seed=1).model, tiny.tokenizer)
+    rows = _rows() * 4
+    metrics = train_prm(prm, rows, rows[:12], PRMTrainSettings(steps=30, batch_size=8, lr=1e-3, head_lr=1e-2,
+                                                                bf16=False, eval_every=30), log=lambda s: None)
+    assert sum(metrics["loss"][-5:]) / 5 < sum(metrics["loss"][:5]) / 5
+    assert set(metrics["auroc"][-1][1]) == {"all", "answer", "equation"}
+    prm.save(tmp_path / "prm", held_out_auroc=metrics["auroc"][-1][1])
+    loaded = ProcessRewardModel.load(tmp_path / "prm")
+    items = [(r.prompt, r.steps) for r in rows[:6]]
+    assert PRMJudge(loaded).score_many(items) == PRMJudge(prm).score_many(items)  # bit-identical
+    assert evaluate_prm(loaded, rows[:12]) == evaluate_prm(prm, rows[:12])
+
+
+def test_prm_load_errors_name_the_file(tmp_path):
+    with pytest.raises(CredoError, match="prm.json"):
+        ProcessRewardModel.load(tmp_path)
+    (tmp_path / "prm.json").write_text('{"format": "other"}')
+    with pytest.raises(CredoError, match="'format'"):
+        ProcessRewardModel.load(tmp_path)
+    (tmp_path / "prm.json").write_text("{not json")
+    with pytest.raises(CredoError, match="not valid JSON"):
+        ProcessRewardModel.load(tmp_path)
+
+
+# --- the LLM judge -------------------------------------------------------------------------------
+
+def test_llm_judge_probability_matches_a_direct_forward(tiny):
+    judge = LLMJudge(tiny.model, tiny.tokenizer, low=0.0, high=1.0)
+    steps = ["20+40=60", "<answer>68</answer>"]
+    got = judge.score("What is 23+45?", steps)
+    yes = tiny.tokenizer.encode("Yes", add_special_tokens=False)[0]
+    no = tiny.tokenizer.encode("No", add_special_tokens=False)[0]
+    for k, step in enumerate(steps):
+        text = TEMPLATES["step"].format(prompt="What is 23+45?", context="\n".join(steps[:k]) or "(nothing yet)",
+                                        step=step)
+        ids = tiny.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                 tokenize=False)
+        ids = tiny.tokenizer(ids, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = tiny.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        p = torch.softmax(logits, -1)
+        assert got[k] == pytest.approx(float(p[yes] / (p[yes] + p[no])), abs=1e-5)
+
+
+def test_llm_judge_batched_equals_one_by_one_and_caches(tiny):
+    rows = _rows()[:6]
+    items = [(r.prompt, r.steps) for r in rows]
+    batched_judge = LLMJudge(tiny.model, tiny.tokenizer, batch_size=8)
+    batched = batched_judge.score_many(items)
+    single = [LLMJudge(tiny.model, tiny.tokenizer, batch_size=1).score(p, s) for p, s in items]
+    for b, s in zip(batched, single):
+        assert b == pytest.approx(s, abs=1e-5)
+    n = sum(len(s) for _, s in items)
+    assert batched_judge.forward_rows == n and batched_judge.cache_hits == 0
+    again = batched_judge.score_many(items)  # the same steps again: all from the cache
+    assert again == batched and batched_judge.cache_hits == n and batched_judge.forward_rows == n
+    assert batched_judge.calls == 2 * n and batched_judge.seconds > 0
+
+
+def test_llm_judge_templates_and_errors(tiny):
+    assert set(TEMPLATES) == {"step", "critique", "subgoal", "attribution"}
+    judge = LLMJudge(tiny.model, tiny.tokenizer)
+    q = judge.yes_probability("critique", [{"prompt": "What is 1+1?", "context": "<answer>2</answer>"}])
+    assert 0.0 <= q[0] <= 1.0
+    with pytest.raises(CredoError, match="unknown template"):
+        LLMJudge(tiny.model, tiny.tokenizer, template="nope")
+
+
+# --- rl.judge -------------------------------------------------------------------------------------
+
+def test_judge_spec_is_checked():
+    for ok in ("synthetic", "llm", "llm:/some/folder", "prm:/some/folder"):
+        check_judge_spec(ok)
+    for bad in ("", "prm", "prm:", "oracle", "llm :x"):
+        with pytest.raises(CredoError, match="rl.judge"):
+            check_judge_spec(bad)
+    with pytest.raises(CredoError, match="prm.json"):
+        make_judge("prm:/nonexistent/folder")
+
+
+@pytest.fixture
+def parity(monkeypatch):
+    monkeypatch.setitem(TASKS._items, "parity", ParityTask)
+
+
+def test_a_trained_prm_scores_steps_in_training(tmp_path, tiny, parity):
+    prm = ProcessRewardModel(load_policy("tiny", seed=2).model, tiny.tokenizer)
+    prm.save(tmp_path / "prm")
+    rl = tiny_run(tmp_path, "pure_prm", "--rl.credit", "pure", "--rl.judge", f"prm:{tmp_path / 'prm'}")
+    assert all(row["judge_calls"] > 0 and row["judge_seconds"] > 0 for row in rl)
+
+
+def test_an_llm_judge_scores_steps_in_training(tmp_path, tiny, parity):
+    tiny.model.save_pretrained(tmp_path / "judge")
+    tiny.tokenizer.save_pretrained(tmp_path / "judge")
+    rl = tiny_run(tmp_path, "pure_llm", "--rl.credit", "pure", "--rl.judge", f"llm:{tmp_path / 'judge'}")
+    assert all(row["judge_calls"] > 0 for row in rl)
+
+
+def test_a_model_judge_with_an_outcome_estimator_is_refused(tmp_path):
+    from credo.cli import main
+
+    code = main(["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--rl.judge", "llm"])
+    assert code == 2
