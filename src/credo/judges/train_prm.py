@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -235,8 +234,3 @@ def cmd_train_prm(args, rest) -> int:
     print(f"train-prm: wrote {out} (held-out step AUROC {_fmt(final)}; {metrics['seconds']:.0f} s)", flush=True)
     return 0
 
-
-if __name__ == "__main__":  # python -m credo.judges.train_prm ...
-    from credo.cli import main
-
-    sys.exit(main(["train-prm", *sys.argv[1:]]))
