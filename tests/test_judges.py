@@ -278,3 +278,43 @@ def test_a_model_judge_with_an_outcome_estimator_is_refused(tmp_path):
 
     code = main(["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--rl.judge", "llm"])
     assert code == 2
+
+
+# --- turn-level signals in training: IGPO's information gain --------------------------------------
+
+def test_information_gain_provider_matches_a_direct_computation(tiny):
+    from credo.credit import CREDIT
+    from credo.credit.providers import CreditSources, StepContext, step_rewards_provider_of
+    from credo.tasks.base import Example
+
+    tok = tiny.tokenizer
+    prompt = tok.encode("Find k1.", add_special_tokens=False)
+    a1 = tok.encode("<call>k1</call>", add_special_tokens=False)
+    obs = tok.encode("\nk1 = 47\n", add_special_tokens=False)
+    a2 = tok.encode("<answer>47</answer>", add_special_tokens=False)
+    ids = a1 + obs + a2
+    spans = [(0, len(a1)), (len(a1) + len(obs), len(ids))]
+    comp = Completion(prompt, ids, [0.0] * len(ids), [True] * len(ids), "stop", "", {"turn_spans": spans})
+    single = Completion(prompt, a2, [0.0] * len(a2), [True] * len(a2), "stop", "", {})
+    sources = CreditSources(model=tiny.model, tokenizer=tok, engine=None, task=make_task("arith"),
+                            sampling=SamplingParams(), judge=None, micro_batch_size=2)
+    ex = Example("Find k1.", "47", "", {})
+    ctx = StepContext(sources, batch=None, completions=[comp, single], examples=[ex, ex])
+    provider = step_rewards_provider_of(CREDIT.get("igpo"))
+    assert provider is step_rewards_provider_of(CREDIT.get("a2tgpo"))
+    got = provider(ctx, None)
+
+    head, answer = tok.encode("<answer>", add_special_tokens=False), tok.encode("47", add_special_tokens=False)
+
+    def p_answer(context):  # exp(mean log p(answer | context + "<answer>")), one sequence at a time
+        seq = torch.tensor([context + head + answer])
+        with torch.no_grad():
+            logp = torch.log_softmax(tiny.model(input_ids=seq).logits[0].float(), -1)
+        start = len(context) + len(head)
+        return float(torch.exp(torch.stack([logp[start + j - 1, answer[j]] for j in range(len(answer))]).mean()))
+
+    p0, p1, p2 = p_answer(prompt), p_answer(prompt + a1 + obs), p_answer(prompt + ids)
+    assert got.shape == (2, 2)
+    assert got[0].tolist() == pytest.approx([p1 - p0, p2 - p1], abs=1e-5)
+    assert torch.isnan(got[1]).all()  # a row without turns has no turn rewards
+    assert sources.counters["signal_forward_rows"] == 3

@@ -11,6 +11,9 @@ next to the estimator with one of three decorators:
                                             lines or turns)
     @transforms_step_rewards(my_estimator)  fn(step_rewards [B, K]) -> [B, K] (a signal derived from
                                             the judge's scores)
+    @provides_step_rewards(my_estimator)    fn(StepContext, step_ids [B, T]) -> step_rewards [B, K]
+                                            (a signal of the method's own instead of the judge's or
+                                            the environment's, e.g. IGPO's information gain)
 
 The registration is a mark on the estimator function itself (like `token_level`), so it survives
 `functools.partial` binding and a user's estimator loaded by dotted path can carry its own provider.
@@ -90,6 +93,7 @@ def _marker(attribute: str, what: str):
 provides_extras = _marker("credit_extras_provider", "extras provider")
 provides_steps = _marker("credit_steps_provider", "steps provider")
 transforms_step_rewards = _marker("credit_step_reward_transform", "step-reward transform")
+provides_step_rewards = _marker("credit_step_rewards_provider", "step-rewards provider")
 
 
 def extras_provider_of(credit: Callable) -> ExtrasProvider | None:
@@ -100,6 +104,12 @@ def extras_provider_of(credit: Callable) -> ExtrasProvider | None:
 def steps_provider_of(credit: Callable) -> StepsProvider | None:
     """The estimator's own step segmentation; None: lines of the completion, or turns."""
     return getattr(_unwrap(credit), "credit_steps_provider", None)
+
+
+def step_rewards_provider_of(credit: Callable) -> Callable[[StepContext, torch.Tensor], torch.Tensor] | None:
+    """The estimator's own step-reward signal; None: the judge's scores (single turn) or the
+    environment's turn rewards (multi-turn)."""
+    return getattr(_unwrap(credit), "credit_step_rewards_provider", None)
 
 
 def step_reward_transform_of(credit: Callable) -> StepRewardTransform | None:
@@ -170,4 +180,41 @@ def score_tokens(ctx: StepContext, model: torch.nn.Module, batch: RolloutBatch) 
             lp = token_logprobs(model, part.tokens, part.attention_mask, part.loss_mask,
                                 temperature=src.temperature)
         out[rows, : part.tokens.shape[1]] = lp.float()
+    return out
+
+
+@torch.no_grad()
+def continuation_mean_logprobs(ctx: StepContext, prefixes: Sequence[Sequence[int]],
+                               targets: Sequence[Sequence[int]]) -> list[float]:
+    """mean_j log p(target[j] | prefix, target[:j]) under the policy (temperature 1: the model's own
+    probabilities), for each (prefix, target) pair; teacher-forced in right-padded micro-batches with the
+    run's autocast; an empty target gives NaN. Counted as `signal_forward_rows`."""
+    from credo.rollout.torch_engine import autocast_context
+
+    src = ctx.sources
+    model = src.model
+    device = next(model.parameters()).device
+    pad = src.tokenizer.pad_token_id if src.tokenizer.pad_token_id is not None else 0
+    out: list[float] = []
+    pairs = list(zip(prefixes, targets))
+    for at in range(0, len(pairs), src.micro_batch_size):
+        chunk = pairs[at:at + src.micro_batch_size]
+        width = max(len(p) + len(t) for p, t in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, (p, t) in enumerate(chunk):
+            seq = list(p) + list(t)
+            ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[i, : len(seq)] = 1
+        with autocast_context(src.autocast_dtype, device):
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        for i, (p, t) in enumerate(chunk):
+            if not t:
+                out.append(float("nan"))
+                continue
+            pos = torch.arange(len(p) - 1, len(p) + len(t) - 1, device=device)  # logits at j-1 score token j
+            tgt = torch.tensor(list(t), dtype=torch.long, device=device)
+            out.append(float(logp[i, pos, tgt].mean()))
+        src.counters["signal_forward_rows"] = src.counters.get("signal_forward_rows", 0) + len(chunk)
     return out

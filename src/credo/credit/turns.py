@@ -36,6 +36,8 @@ import torch
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
+from credo.credit.providers import continuation_mean_logprobs, provides_step_rewards
+from credo.credit.turn_rewards import information_gain, pad_turn_rewards
 from credo.credit.turn_common import (
     F64, broadcast_loop, dense_ids, discounted, finish, group_moments, mean_std_loop, place, returns_loop, rows_of,
     state_group_ids, state_keys_loop, turn_table, znorm, znorm_loop,
@@ -532,3 +534,47 @@ CATALOG = [
           "VPR: Verifiable Process Rewards (arXiv 2605.10325)", "confirmed",
           "groups, turns, step_rewards (oracle score), step_keys (state of each candidate)"),
 ]
+
+
+# -- information gain in training (IGPO, A2TGPO) -------------------------------------------------------
+
+
+def information_gain_step_rewards(ctx, step_ids: torch.Tensor, *, log_space: bool = False) -> torch.Tensor:
+    """step_rewards [B, K]: IGPO's information gain of each turn of a multi-turn rollout, in training.
+
+    For row b with turns k = 0..K_b-1 (the completion's `turn_spans`), the context before turn k is the
+    prompt and the completion up to the start of action k (earlier actions and their observations);
+    after the last turn it is the whole completion. At each of the K_b + 1 contexts the policy scores
+    the gold answer written as the task answers ("<answer>" as context, the answer text as target;
+    a task may set `answer_prefix`): m_k = mean token log-prob of the answer
+    (`providers.continuation_mean_logprobs`), and IG_k = exp(m_{k+1}) - exp(m_k)
+    (`turn_rewards.information_gain`; log_space=True gives m_{k+1} - m_k, A2TGPO's variant).
+    A row without turns (single-turn) gets no turn (NaN). Cost: sum_b (K_b + 1) forward rows, counted.
+    Paper: "Information Gain-based Policy Optimization" (arXiv 2510.14967), Sec. 3: the turn reward is
+    the change in the policy's probability of the ground-truth answer.
+    """
+    src = ctx.sources
+    prefix_text = getattr(src.task, "answer_prefix", "<answer>")
+    head = src.tokenizer.encode(prefix_text, add_special_tokens=False)
+    prefixes, targets, owners = [], [], []
+    for b, c in enumerate(ctx.completions):
+        spans = c.meta.get("turn_spans", [])
+        if not spans:
+            continue
+        answer = src.tokenizer.encode(str(ctx.examples[b].answer), add_special_tokens=False)
+        cuts = [start for start, _ in spans] + [len(c.token_ids)]
+        for cut in cuts:
+            prefixes.append(list(c.prompt_ids) + list(c.token_ids[:cut]) + head)
+            targets.append(answer)
+        owners.append((b, len(cuts)))
+    means = continuation_mean_logprobs(ctx, prefixes, targets)
+    per_row: list[list[float]] = [[] for _ in ctx.completions]
+    at = 0
+    for b, n in owners:
+        per_row[b] = information_gain(means[at:at + n], log_space=log_space)
+        at += n
+    return pad_turn_rewards(per_row)  # NaN past each row's last turn, and for rows without turns
+
+
+provides_step_rewards(igpo_advantages)(information_gain_step_rewards)
+provides_step_rewards(a2tgpo_advantages)(information_gain_step_rewards)

@@ -32,7 +32,8 @@ import torch
 from credo.batch import RolloutBatch
 from credo.credit.base import CreditInputs, credit_needs_of, steps_from_boundaries
 from credo.credit.providers import (CreditSources, StepContext, extras_provider_of, mc_probe,  # noqa: F401
-                                    step_reward_transform_of, steps_provider_of, token_texts)
+                                    step_reward_transform_of, step_rewards_provider_of, steps_provider_of,
+                                    token_texts)
 from credo.logprobs import policy_outputs
 from credo.rollout.multiturn import turn_step_ids, turn_step_keys, turn_step_rewards
 from credo.rollout.torch_engine import autocast_context
@@ -166,7 +167,10 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
             step_ids = line_steps(batch, ctx.sources.tokenizer)
         fields["step_ids"] = step_ids
         if "step_rewards" in needs:
-            if multi_turn:
+            own_rewards = step_rewards_provider_of(credit)
+            if own_rewards is not None:
+                fields["step_rewards"] = own_rewards(ctx, step_ids)
+            elif multi_turn:
                 fields["step_rewards"] = turn_step_rewards(ctx.completions)
             else:
                 fields["step_rewards"] = judged_step_rewards(ctx, step_texts(batch, step_ids, ctx.sources.tokenizer))
