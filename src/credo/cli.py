@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Sequence
 
@@ -53,8 +54,10 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: Seque
     rl_section = loaded.get("rl") if isinstance(loaded, dict) else None
     recipe = recipe or dict(overrides).get("rl.recipe") or (
         rl_section.get("recipe") if isinstance(rl_section, dict) else None)
+    if recipe and not isinstance(recipe, str):
+        raise CredoError(f"config field rl.recipe: expected a recipe name (a string), got {recipe!r}")
     if recipe:
-        recipes.apply_recipe(cfg, str(recipe))
+        recipes.apply_recipe(cfg, recipe)
     if loaded:
         config_mod.apply(cfg, loaded)
         if preset:  # an explicit --preset names the run even if the file says otherwise
@@ -64,6 +67,7 @@ def resolve_config(preset: str | None, config_file: str | None, overrides: Seque
     applied = recipes.apply_pairing(cfg, explicit)
     if notes is not None:
         notes.extend(applied)
+    config_mod.check_ranges(cfg)  # every field against its marker, before anything loads
     return cfg
 
 
@@ -102,6 +106,9 @@ def _task_from(args, rest):
         if not key.startswith(("task.", "sampling.", "model.")):
             raise CredoError(f"{key!r} does not apply here; use task.*, sampling.* or model.* overrides")
         set_dotted(cfg, key, value)
+    from credo.config import check_ranges
+
+    check_ranges(cfg)
     return cfg, make_task(cfg.task.name, **cfg.task.params)
 
 
@@ -113,6 +120,8 @@ def cmd_eval(args, rest) -> int:
     from credo.train.sampled_eval import check_sampled_args, evaluate_sampled
 
     temperature = check_sampled_args(args.samples, args.temperature)
+    if args.n < 1:
+        raise CredoError(f"credo eval: --n must be at least 1 (held-out problems), got {args.n}")
     cfg, task = _task_from(args, rest)
     policy = load_policy(args.model)
     engine = TorchEngine(policy.model, policy.tokenizer, autocast_dtype=PRECISIONS[cfg.model.precision])
@@ -133,6 +142,17 @@ def cmd_generate(args, rest) -> int:
     from credo.rollout import SamplingParams, TorchEngine
     from credo.tasks.base import Example, render_prompt
 
+    if args.n < 1:
+        raise CredoError(f"credo generate: --n must be at least 1 (completions), got {args.n}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise CredoError(f"credo generate: --temperature must be a finite number >= 0 (0 = greedy), "
+                         f"got {args.temperature}")
+    try:
+        args.prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CredoError(f"credo generate: the prompt is not valid UTF-8 (at character {exc.start})") from exc
+    if not args.prompt.strip():
+        raise CredoError("credo generate: the prompt is empty")
     cfg, task = _task_from(args, rest)
     policy = load_policy(args.model)
     engine = TorchEngine(policy.model, policy.tokenizer)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 import tomllib
 import types
 import typing
@@ -25,8 +27,8 @@ class Range:
 
         lr: Annotated[float, Range(lo=0, lo_open=True)] = 1.5e-5
 
-    `lo` / `hi` = None leaves that side unbounded; `*_open` excludes the bound itself. NaN is never
-    in range. Checked for every field where the config is built (`check_ranges`)."""
+    `lo` / `hi` = None leaves that side unbounded; `*_open` excludes the bound itself. NaN and
+    infinities are never in range. Checked for every field where the config is built (`check_ranges`)."""
 
     lo: float | None = None
     hi: float | None = None
@@ -41,14 +43,27 @@ class OneOf:
     choices: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Text:
+    """A free string field: `non_empty` refuses "" (and blanks); `pattern` (a full-match regex) and its
+    `meaning` (for the error) constrain the form, e.g. rl.judge's "prm:<folder>"."""
+
+    non_empty: bool = False
+    pattern: str | None = None
+    meaning: str = ""
+
+
+MARKERS = (Range, OneOf, Text)
+
+
 @dataclass
 class ModelConfig:
-    name: str = "smollm2"
+    name: Annotated[str, Text(non_empty=True)] = "smollm2"
     """Model: "smollm2" (bundled), "tiny" (random, for tests) or a local Hugging Face folder."""
-    precision: str = "bf16"
+    precision: Annotated[str, OneOf(("bf16", "fp32"))] = "bf16"
     """"bf16": bf16 autocast for forward/backward and sampling (weights and AdamW state stay fp32);
     3-4x faster on CPUs with AVX512-BF16. "fp32": exact, slower."""
-    threads: int = 0
+    threads: Annotated[int, Range(lo=0)] = 0
     """torch intra-op threads; 0 keeps torch's default (one per core)."""
     device: Annotated[str, OneOf(("auto", "cpu", "cuda"))] = "auto"
     """Where the policy, reference and critic live and train: "auto" = "cuda" when a GPU is visible,
@@ -60,13 +75,13 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    name: str = "arith"
+    name: Annotated[str, Text(non_empty=True)] = "arith"
     """A registered task (`credo list tasks`) or a 'package.module:Class' import path."""
     params: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the task, e.g. {"difficulty": 2} or {"path": "data.jsonl"}."""
-    eval_size: int = 500
+    eval_size: Annotated[int, Range(lo=1)] = 500
     """Held-out problems scored by greedy decoding before warm-up, after warm-up and after RL."""
-    eval_batch_size: int = 100
+    eval_batch_size: Annotated[int, Range(lo=1)] = 100
     """Prompts per generation call during evaluation."""
     eval_samples: Annotated[int, Range(lo=0)] = 0
     """K > 0: every held-out evaluation also samples K completions per prompt (sampling.* settings)
@@ -76,13 +91,13 @@ class TaskConfig:
 
 @dataclass
 class SamplingConfig:
-    temperature: float = 1.0
+    temperature: Annotated[float, Range(lo=0)] = 1.0
     """Sampling temperature of RL rollouts (evaluation is greedy)."""
-    top_p: float = 1.0
+    top_p: Annotated[float, Range(lo=0, hi=1, lo_open=True)] = 1.0
     """Nucleus sampling mass; 1.0 = off."""
-    top_k: int = 0
+    top_k: Annotated[int, Range(lo=0)] = 0
     """Keep the k most likely tokens; 0 = off."""
-    max_new_tokens: int = 16
+    max_new_tokens: Annotated[int, Range(lo=1)] = 16
     """Completion budget of rollouts and evaluation."""
     stop: list[str] = field(default_factory=lambda: ["</answer>"])
     """Strings that end a completion (kept in it)."""
@@ -90,28 +105,28 @@ class SamplingConfig:
 
 @dataclass
 class WarmupConfig:
-    steps: int = 20
+    steps: Annotated[int, Range(lo=0)] = 20
     """Supervised warm-up (cold start) steps on task demonstrations; 0 skips the stage."""
-    batch_size: int = 16
+    batch_size: Annotated[int, Range(lo=1)] = 16
     """Demonstrations per step."""
-    lr: float = 3e-5
+    lr: Annotated[float, Range(lo=0, lo_open=True)] = 3e-5
     """AdamW learning rate (linear warm-up over the first 10% of steps, then cosine decay)."""
 
 
 @dataclass
 class RLConfig:
-    recipe: str = ""
+    recipe: Annotated[str, Text()] = ""
     """A named method (credo list recipes; credo/recipes.py) applied after the preset and before the
     config file and command-line overrides, so explicit fields win. Empty = none. `credo train --recipe
     NAME` sets it too. Without a recipe, choosing rl.objective alone also applies its paper's estimator /
     reduction pairing to the fields left unset (recipes.py::PAIRINGS), with a note."""
-    steps: int = 80
+    steps: Annotated[int, Range(lo=0)] = 80
     """RL steps (each: sample, score, credit, update)."""
-    prompts_per_step: int = 16
+    prompts_per_step: Annotated[int, Range(lo=1)] = 16
     """Distinct prompts sampled per step."""
-    group_size: int = 4
+    group_size: Annotated[int, Range(lo=1)] = 4
     """Completions per prompt (G)."""
-    prompt_pool: int = 0
+    prompt_pool: Annotated[int, Range(lo=0)] = 0
     """Training prompts to draw from. 0: fresh prompts every step (step s takes a fixed slice of a
     seeded list, none repeats). N > 0: a pool of N prompts visited in seeded shuffled epochs (each
     prompt once per epoch, as a dataset), so prompts repeat and stateful credit (SPO's per-prompt
@@ -121,19 +136,19 @@ class RLConfig:
     draw each step's prompts from the pool with probability proportional to SPO's
     sqrt(p_hat (1 - p_hat)) + 0.05 (without replacement unless prompts_per_step > prompt_pool), with a
     generator seeded from (run.seed, step); the tracker is checkpointed, so resume stays exact."""
-    objective: str = "grpo"
+    objective: Annotated[str, Text(non_empty=True)] = "grpo"
     """Policy objective (`credo list objectives`)."""
-    credit: str = "grpo"
+    credit: Annotated[str, Text(non_empty=True)] = "grpo"
     """Advantage estimator (`credo list credit`)."""
-    lr: float = 1.5e-5
+    lr: Annotated[float, Range(lo=0, lo_open=True)] = 1.5e-5
     """AdamW peak learning rate."""
-    weight_decay: float = 0.0
+    weight_decay: Annotated[float, Range(lo=0)] = 0.0
     """AdamW weight decay."""
-    lr_warmup_steps: int = 2
+    lr_warmup_steps: Annotated[int, Range(lo=0)] = 2
     """Linear learning-rate warm-up, in optimizer steps."""
-    lr_decay: str = "cosine"
+    lr_decay: Annotated[str, OneOf(("cosine", "linear", "constant"))] = "cosine"
     """"cosine", "linear" or "constant" decay after the warm-up."""
-    min_lr_ratio: float = 0.1
+    min_lr_ratio: Annotated[float, Range(lo=0, hi=1)] = 0.1
     """Final learning rate as a fraction of the peak."""
     snr_lr: bool = False
     """OBLR-PO's learning rate from the gradient signal-to-noise ratio (any rl.credit; OBLR-PO as the
@@ -142,30 +157,30 @@ class RLConfig:
     the next step's lr is the schedule's lr times clamp(EMA(SNR) / first SNR, 0.1, 2)
     (`oblr_lr_update`); the state is checkpointed, so resume stays exact. Logs snr, lr_scale, lr_base.
     Off by default: the schedule is reconstructed, not the paper's confirmed one."""
-    clip_low: float | None = None
+    clip_low: Annotated[float | None, Range(lo=0)] = None
     """Clip range below 1 (ratio floor 1 - clip_low); unset = the objective's paper default
     (0.2 for GRPO / PPO, 3e-4 for GSPO, none for CISPO)."""
-    clip_high: float | None = None
+    clip_high: Annotated[float | None, Range(lo=0)] = None
     """Clip range above 1 (ratio cap 1 + clip_high); unset = the objective's paper default
     (0.2 for GRPO, 0.28 for DAPO's clip-higher, 4e-4 for GSPO)."""
-    kl_coef: float | None = None
+    kl_coef: Annotated[float | None, Range(lo=0)] = None
     """Weight of the KL penalty to a frozen reference model (the policy as RL starts); unset = the
     objective's own default (0 for GRPO). A reference model is loaded only when this is > 0 or the
     objective declares it needs one."""
-    kl_estimator: str = "k3"
+    kl_estimator: Annotated[str, Text(non_empty=True)] = "k3"
     """KL estimator: k1, k2 or k3."""
-    entropy_coef: float = 0.0
+    entropy_coef: Annotated[float, Range()] = 0.0
     """Entropy bonus composable with any objective: the loss becomes objective - entropy_coef * H,
     reduced the same way (verl's entropy_coeff); > 0 makes the trainer compute a differentiable entropy."""
-    loss_reduction: str = "token_mean"
+    loss_reduction: Annotated[str, Text(non_empty=True)] = "token_mean"
     """token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_sum."""
-    minibatches: int = 2
+    minibatches: Annotated[int, Range(lo=1)] = 2
     """Optimizer steps per rollout batch (each on a disjoint minibatch), so old != new logprobs."""
-    epochs: int = 1
+    epochs: Annotated[int, Range(lo=1)] = 1
     """Passes over the rollout batch."""
-    micro_batch_size: int = 32
+    micro_batch_size: Annotated[int, Range(lo=1)] = 32
     """Sequences per forward/backward (memory only: gradients are accumulated exactly)."""
-    max_grad_norm: float = 1.0
+    max_grad_norm: Annotated[float, Range(lo=0, lo_open=True)] = 1.0
     """Gradient clipping by global norm."""
     skip_zero_advantage: bool = True
     """Leave out of the update the sequences whose advantage is zero on every token (e.g. groups
@@ -189,39 +204,39 @@ class RLConfig:
     (overlong_penalty_mean, overlong_fraction). 0 = off (the paper: 4096 of 20480)."""
     overlong_penalty_factor: Annotated[float, Range(lo=0)] = 1.0
     """Penalty at the generation limit with overlong_buffer > 0 (DAPO: 1.0)."""
-    max_nonfinite_steps: int = 5
+    max_nonfinite_steps: Annotated[int, Range(lo=1)] = 5
     """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""
     recompute_old_logprobs: bool = True
     """Recompute the behaviour logprobs with the trainer's forward pass before updating (costs one
     forward; removes the sampler/trainer numeric mismatch from the importance ratio)."""
-    judge: str = "synthetic"
+    judge: Annotated[str, Text(pattern=r"synthetic|llm(:.+)?|prm:.+", meaning="synthetic, llm, llm:<folder> or prm:<folder>")] = "synthetic"
     """Who scores steps for step-level credit (PURE, CAPO, TP-GRPO, ...): "synthetic" (the task's true
     step scores with rl.judge_noise / judge_bias / judge_flip), "llm" (the bundled SmolLM2 asked yes/no,
     scored from its logprobs), "llm:<folder>" (any local causal LM) or "prm:<folder>" (a process reward
     model trained by `credo train-prm`). See credo/judges/."""
-    judge_noise: float = 0.0
+    judge_noise: Annotated[float, Range(lo=0)] = 0.0
     """Step judge / PRM for step-level credit (PURE, CAPO, TP-GRPO, ...): std of the Gaussian noise a
     SyntheticJudge adds to the task's true step scores."""
-    judge_bias: float = 0.0
+    judge_bias: Annotated[float, Range()] = 0.0
     """Step judge: constant bias added to every step score."""
-    judge_flip: float = 0.0
+    judge_flip: Annotated[float, Range(lo=0, hi=1)] = 0.0
     """Step judge: probability of a mirrored (wrong) verdict per step."""
-    probe_samples: int = 4
+    probe_samples: Annotated[int, Range(lo=1)] = 4
     """Monte Carlo continuations per value probe (SPO-chain's V at cutpoints); each is counted."""
-    critic_kind: str = "head"
+    critic_kind: Annotated[str, OneOf(("head", "model"))] = "head"
     """Value model when the credit estimator reads values (GAE, MA-RLHF, POAD): "head" (a value head on
     the policy's detached hidden states) or "model" (a separate copy of the backbone, as verl)."""
-    critic_lr: float = 1e-4
+    critic_lr: Annotated[float, Range(lo=0, lo_open=True)] = 1e-4
     """AdamW learning rate of the value model."""
-    value_clip: float | None = 0.5
+    value_clip: Annotated[float | None, Range(lo=0, lo_open=True)] = 0.5
     """Clip range of the value loss around the values at collection time (verl 0.5); unset = no clip."""
-    phase_marker: str = "<answer>"
+    phase_marker: Annotated[str, Text(non_empty=True)] = "<answer>"
     """F-GRPO: the text that starts the second (ranking / answer) phase of a completion."""
-    dpo_model: str = ""
+    dpo_model: Annotated[str, Text()] = ""
     """RTO: the frozen DPO-trained model whose token log-ratio is the dense reward (a folder, a credo
     checkpoint or a preset name)."""
-    is_correction: str = "none"
+    is_correction: Annotated[str, Text(non_empty=True)] = "none"
     """Importance-sampling correction of the sampler/trainer mismatch and policy lag, applied to the
     per-token loss with w = exp(trainer behaviour logprob - sampler logprob): a registered choice
     (`credo list corrections`); "none" = off."""
@@ -293,15 +308,15 @@ class DistConfig:
 
 @dataclass
 class RunConfig:
-    out_dir: str = "runs"
+    out_dir: Annotated[str, Text(non_empty=True)] = "runs"
     """Parent folder of run folders."""
-    name: str = ""
+    name: Annotated[str, Text(pattern=r"[^/\\\x00]*", meaning="a folder name without slashes")] = ""
     """Run folder name; empty = '<preset>-<timestamp>'."""
-    seed: int = 0
+    seed: Annotated[int, Range(lo=0)] = 0
     """Seed of data order, sampling and initialisation."""
     eval_base: bool = True
     """Score the model before warm-up too."""
-    checkpoint_every: int = 0
+    checkpoint_every: Annotated[int, Range(lo=0)] = 0
     """Save a resumable checkpoint every N RL steps (0 = only after warm-up and at the end)."""
     progress: bool = True
     """Show a progress bar."""
@@ -309,7 +324,7 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
-    preset: str = "default"
+    preset: Annotated[str, Text(non_empty=True)] = "default"
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -351,11 +366,15 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
                 raise ValueError(f"expected a number, got {value!r}")
             return float(value)
         if kind is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError(f"expected a string, got {value!r}")
             return str(value)
         if origin is list:
             if isinstance(value, str):
                 value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
-            return [str(v) for v in value]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"expected a list of strings, got {value!r}")
+            return list(value)
         if origin is dict:
             if isinstance(value, str):
                 value = json.loads(value)
@@ -365,6 +384,65 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise CredoError(f"config field {where}: {exc}") from exc
     return value
+
+
+def marker_of(cls: type, name: str) -> Range | OneOf | Text | None:
+    """The validity marker declared on field `name` of config dataclass `cls` (None: none)."""
+    hint = typing.get_type_hints(cls, include_extras=True)[name]
+    if typing.get_origin(hint) is Annotated:
+        for meta in hint.__metadata__:
+            if isinstance(meta, MARKERS):
+                return meta
+    return None
+
+
+def describe(marker: Range | OneOf | Text) -> str:
+    """The valid values of a marker in words, for error messages."""
+    if isinstance(marker, OneOf):
+        return "one of " + ", ".join(marker.choices)
+    if isinstance(marker, Text):
+        if marker.pattern:
+            return marker.meaning or f"text matching {marker.pattern}"
+        return "a non-empty string" if marker.non_empty else "a string"
+    parts = []
+    if marker.lo is not None:
+        parts.append(f"{'>' if marker.lo_open else '>='} {marker.lo:g}")
+    if marker.hi is not None:
+        parts.append(f"{'<' if marker.hi_open else '<='} {marker.hi:g}")
+    return "a finite number" + (" " + " and ".join(parts) if parts else "")
+
+
+def in_range(value: Any, marker: Range | OneOf | Text) -> bool:
+    if isinstance(marker, OneOf):
+        return isinstance(value, str) and value in marker.choices
+    if isinstance(marker, Text):
+        if not isinstance(value, str) or (marker.non_empty and not value.strip()):
+            return False
+        return marker.pattern is None or re.fullmatch(marker.pattern, value) is not None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return False
+    if marker.lo is not None and (value < marker.lo or (marker.lo_open and value == marker.lo)):
+        return False
+    if marker.hi is not None and (value > marker.hi or (marker.hi_open and value == marker.hi)):
+        return False
+    return True
+
+
+def check_ranges(cfg: Any, where: str = "") -> None:
+    """Check every field of a config dataclass (recursively) against its marker; a CredoError names
+    the first field out of range, its value and what is valid. `None` passes for optional fields
+    (`float | None`: unset means the method's default)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        path = f"{where}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, f"{path}.")
+            continue
+        marker = marker_of(type(cfg), f.name)
+        if marker is None or value is None:
+            continue
+        if not in_range(value, marker):
+            raise CredoError(f"config field {path}: {value!r} is out of range; expected {describe(marker)}")
 
 
 def _parse_literal(text: str) -> Any:
@@ -416,14 +494,25 @@ def set_dotted(cfg: TrainConfig, dotted: str, text: str) -> None:
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a TOML or JSON config file into a nested dict."""
+    """Read a TOML or JSON config file into a nested dict (a table at the top level)."""
     path = Path(path)
     if not path.is_file():
         raise CredoError(f"config file not found: {path}")
-    text = path.read_text()
     try:
-        if path.suffix == ".json":
-            return json.loads(text)
-        return tomllib.loads(text)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CredoError(f"{path}: not UTF-8 text (byte {exc.start}); config files are TOML or JSON") from exc
+    except OSError as exc:
+        raise CredoError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    try:
+        loaded = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise CredoError(f"{path}: invalid config file: {exc}") from exc
+    except RecursionError as exc:
+        raise CredoError(f"{path}: invalid config file: nested too deeply") from exc
+    if not isinstance(loaded, dict):
+        raise CredoError(f"{path}: the top level must be a table / JSON object of sections, "
+                         f"not a {type(loaded).__name__}")
+    if "preset" in loaded and not isinstance(loaded["preset"], str):
+        raise CredoError(f"{path}: field 'preset' must be a preset name (a string), got {loaded['preset']!r}")
+    return loaded

@@ -147,6 +147,7 @@ def load_policy(name: str, seed: int = 0) -> Policy:
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise CredoError(f"cannot load the model in {folder}: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - corrupt / empty weights raise SafetensorError, others vary
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CredoError(f"cannot load the model in {folder}: {first}") from exc
     return Policy(model, tokenizer, str(folder))

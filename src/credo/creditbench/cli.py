@@ -29,4 +29,6 @@ def main(args, rest: Sequence[str] = ()) -> int:
 
     if rest:
         raise CredoError(f"credo creditbench: unexpected argument(s) {' '.join(rest)}")
+    if args.seeds is not None and args.seeds < 1:
+        raise CredoError(f"credo creditbench: --seeds must be at least 1, got {args.seeds}")
     return run_from_args(args)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -93,3 +94,40 @@ def plot_curves(metrics_path: Path, out_path: Path, evals: dict[str, float] | No
     fig.tight_layout()
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
+
+
+class LineProgress:
+    """The progress report when stderr is not a terminal (a log file, CI, nohup): one plain line every
+    `every` steps and at the end, instead of tqdm's carriage-return redraws, which a file keeps as one
+    endless line. Same calls as the tqdm bar the trainer uses (update, set_postfix, close)."""
+
+    def __init__(self, total: int, desc: str, *, every: int | None = None, stream=None):
+        import sys
+
+        self.total, self.desc, self.n = total, desc, 0
+        self.every = every or max(1, total // 10)
+        self.stream = stream if stream is not None else sys.stderr
+        self.postfix: dict[str, str] = {}
+        self.start = time.perf_counter()
+        self._last = -1
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = {k: str(v) for k, v in values.items()}
+        if self.n % self.every == 0 or self.n == self.total:
+            self._line()
+
+    def _line(self) -> None:
+        if self.n == self._last:
+            return
+        self._last = self.n
+        extra = " ".join(f"{k}={v}" for k, v in self.postfix.items())
+        elapsed = time.perf_counter() - self.start
+        print(f"{self.desc} {self.n}/{self.total} ({elapsed:.0f} s){' ' + extra if extra else ''}",
+              file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self.n and self.n != self._last:
+            self._line()

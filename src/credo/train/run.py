@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from credo.config import TrainConfig, to_dict
+from credo.config import TrainConfig, check_ranges, to_dict
 from credo.credit import CREDIT
 from credo.credit.base import credit_needs_of, credit_state_of
 from credo.judges import check_judge_spec, make_judge
@@ -47,7 +47,7 @@ from credo.tasks import make_task
 from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
 from credo.train.evaluate import evaluate
 from credo.train.sampled_eval import evaluate_sampled, format_sampled
-from credo.train.logging import MetricsWriter, plot_curves, read_metrics, rewrite_metrics
+from credo.train.logging import LineProgress, MetricsWriter, plot_curves, read_metrics, rewrite_metrics
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
@@ -79,7 +79,14 @@ def make_run_dir(cfg: TrainConfig, resume: bool) -> Path:
     if not resume and (folder / "metrics.jsonl").exists():
         raise CredoError(f"run folder {folder} holds an unfinished run: continue it with "
                          f"`credo train --resume {folder}` or pick another run.name")
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".credo-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise CredoError(f"run.out_dir {cfg.run.out_dir!r}: cannot create the run folder {folder} "
+                         f"({exc.strerror or exc})") from exc
     return folder
 
 
@@ -119,6 +126,7 @@ def restore(run: "Run") -> Checkpoint | None:
 
 def validate(cfg: TrainConfig) -> None:
     """Resolve every name early, so a typo fails before minutes of loading and evaluation."""
+    check_ranges(cfg)  # every field's marker (config.py): ranges, choices, non-empty names
     OBJECTIVES.get(cfg.rl.objective)
     CREDIT.get(cfg.rl.credit)
     KL_ESTIMATORS.get(cfg.rl.kl_estimator)
@@ -151,11 +159,6 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError(f"unknown rl.critic_kind {cfg.rl.critic_kind!r}; valid: {', '.join(CRITIC_KINDS)}")
     if cfg.model.precision not in PRECISIONS:
         raise CredoError(f"unknown model.precision {cfg.model.precision!r}; valid: {', '.join(PRECISIONS)}")
-    for name in ("prompts_per_step", "group_size", "minibatches", "epochs", "micro_batch_size"):
-        if getattr(cfg.rl, name) < 1:
-            raise CredoError(f"rl.{name} must be at least 1, got {getattr(cfg.rl, name)}")
-    if cfg.rl.prompt_pool < 0:
-        raise CredoError(f"rl.prompt_pool must be 0 (fresh prompts) or a pool size, got {cfg.rl.prompt_pool}")
     if cfg.rl.spo_prioritized:
         protocol = credit_state_of(CREDIT.get(cfg.rl.credit))
         if protocol is None or protocol.sampling_weights is None:
@@ -181,8 +184,13 @@ def max_prompt_tokens(model, sampling: SamplingParams, engine=None) -> int | Non
 
 
 def _progress(total: int, desc: str, enabled: bool):
+    """A tqdm bar on a terminal; plain lines every few steps when stderr is a file or pipe."""
+    import sys
+
     from tqdm.auto import tqdm
 
+    if enabled and not sys.stderr.isatty():
+        return LineProgress(total, desc)
     return tqdm(total=total, desc=desc, disable=not enabled, dynamic_ncols=True, leave=True)
 
 
