@@ -71,6 +71,12 @@ class ModelConfig:
     attn_implementation: Annotated[str, OneOf(("auto", "eager", "sdpa", "flash_attention_2"))] = "auto"
     """Attention kernel of the trainer's model: "auto" = flash_attention_2 on CUDA when the
     flash-attn package is installed, else sdpa (PyTorch's fused attention, CPU and GPU)."""
+    fp32_lm_head: bool = False
+    """Compute the output head (logits) in fp32 even under bf16 autocast, for exact-er logprobs,
+    ratios and entropies (credo/memory.py); the torch engine samples with the same head."""
+    gradient_checkpointing: bool = False
+    """Recompute each decoder layer's activations in backward instead of storing them (Hugging Face
+    gradient checkpointing, use_reentrant=False): less memory, more time (benchmarks/grad_checkpointing.py)."""
 
 
 @dataclass

@@ -36,6 +36,7 @@ from credo.dist.env import SINGLE, NullWriter, World
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
 from credo.gpu import attention_implementation, make_engine, place_policy, resolve_device, resolve_rollout_defaults
+from credo.memory import apply_memory_options
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
 from credo.objectives.base import needs_of
@@ -257,6 +258,8 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
     device = resolve_device(cfg.model.device)  # before any copy: ref model and critic follow it
     place_policy(policy.model, device, attention_implementation(device, cfg.model.attn_implementation))
+    apply_memory_options(policy.model, fp32_lm_head=cfg.model.fp32_lm_head,
+                         gradient_checkpointing=cfg.model.gradient_checkpointing)
     dtype = PRECISIONS[cfg.model.precision]
     sc = cfg.sampling
     summary = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
