@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_results  # benchmarks/_results.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -86,11 +88,7 @@ def main() -> None:
         lines.append(f"| {r['model']} | {'on' if r['checkpointing'] else 'off'} | {r['s_per_update']:.3f} | "
                      f"{r['s_per_update'] / off['s_per_update']:.2f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['update_rss_mb']:.0f} | {r['update_rss_mb'] / max(off['update_rss_mb'], 1e-9):.2f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, lines, results)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ import json
 import time
 from pathlib import Path
 
+from _results import write_results  # benchmarks/_results.py (the script's folder is on sys.path)
+
 from credo.judges.prm_data import arith_chains
 from credo.judges.train_prm import auroc, step_kind
 from credo.tasks import make_task
@@ -54,7 +56,6 @@ def main() -> None:
         values, seconds = score_rows(judge, rows)
         results.append({"judge": spec, "auroc": values, "seconds": seconds, "steps": judge.calls})
         print(json.dumps(results[-1]), flush=True)
-    out = Path(args.out)
     lines = [f"Held-out step AUROC on arith difficulty {args.difficulty}: {len(rows)} worked solutions from the test "
              f"split (calculator labels, {len(labelled)} labelled steps, {sum(y > 0 for y in labelled)} correct).",
              "Command: `python " + " ".join(["benchmarks/judges_auroc.py"] + [f"--prm {p}" for p in args.prm]
@@ -65,10 +66,7 @@ def main() -> None:
         a = r["auroc"]
         lines.append(f"| {r['judge']} | {a['all']:.4f} | {a['answer']:.4f} | {a['equation']:.4f} | {r['steps']} | "
                      f"{r['seconds']:.1f} |")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, lines, results)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write_results  # benchmarks/_results.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -73,11 +75,7 @@ def main() -> None:
     for r in results:
         lines.append(f"| {r['name']} | {r['warmup_accuracy']:.3f} | {r['final_accuracy']:.3f} | {r['s_per_step']:.2f} | "
                      f"{r['judge_calls_per_step']:.0f} | {r['judge_s_per_step']:.2f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, lines, results)
 
 
 if __name__ == "__main__":

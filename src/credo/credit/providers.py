@@ -189,6 +189,7 @@ def continuation_mean_logprobs(ctx: StepContext, prefixes: Sequence[Sequence[int
     """mean_j log p(target[j] | prefix, target[:j]) under the policy (temperature 1: the model's own
     probabilities), for each (prefix, target) pair; teacher-forced in right-padded micro-batches with the
     run's autocast; an empty target gives NaN. Counted as `signal_forward_rows`."""
+    from credo.logprobs import _final_logits
     from credo.rollout.torch_engine import autocast_context
 
     src = ctx.sources
@@ -207,14 +208,18 @@ def continuation_mean_logprobs(ctx: StepContext, prefixes: Sequence[Sequence[int
             ids[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
             mask[i, : len(seq)] = 1
         with autocast_context(src.autocast_dtype, device):
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
+            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            # only the answer positions go through the [V]-wide head (logits at j - 1 score token j)
+            rows = [(i, torch.arange(len(p) - 1, len(p) + len(t) - 1)) for i, (p, t) in enumerate(chunk) if t]
+            picked = torch.cat([hidden[i, pos.to(device)] for i, pos in rows]) if rows else hidden[:0, 0]
+            logp = torch.log_softmax(_final_logits(model, picked), dim=-1) if rows else None
+        at = 0
         for i, (p, t) in enumerate(chunk):
             if not t:
                 out.append(float("nan"))
                 continue
-            pos = torch.arange(len(p) - 1, len(p) + len(t) - 1, device=device)  # logits at j-1 score token j
             tgt = torch.tensor(list(t), dtype=torch.long, device=device)
-            out.append(float(logp[i, pos, tgt].mean()))
+            out.append(float(logp[at:at + len(t)].gather(1, tgt[:, None]).mean()))
+            at += len(t)
         src.counters["signal_forward_rows"] = src.counters.get("signal_forward_rows", 0) + len(chunk)
     return out
