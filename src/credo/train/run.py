@@ -134,7 +134,7 @@ def validate(cfg: TrainConfig) -> None:
     check_judge_spec(cfg.rl.judge)
     if cfg.rl.judge != "synthetic" and "step_rewards" not in credit_needs_of(CREDIT.get(cfg.rl.credit)):
         raise CredoError(f"rl.judge {cfg.rl.judge!r} scores steps, but rl.credit {cfg.rl.credit!r} reads no step "
-                         f"rewards (step-level estimators do: pure_min, capo, tp_grpo, ...; `credo list credit`)")
+                         f"rewards; choose a step-level estimator (`credo list credit`)")
     if cfg.rl.is_correction != "none":
         IS_CORRECTIONS.get(cfg.rl.is_correction)
         if not cfg.rl.recompute_old_logprobs:
