@@ -298,58 +298,42 @@ def test_separate_placement_never_sleeps(fake, policy, tmp_path):
     assert not engine.llm.enable_sleep_mode and engine.llm.sleeping == set()
 
 
-class FakePeftModel(torch.nn.Module):
-    """A FAKE of a peft LoRA model's interface (peft is not installed here): peft's parameter names
-    (base_model.model.<name>, .base_layer. on adapted linears, lora_A / lora_B tensors),
-    `peft_config`, and merge_adapter / unmerge_adapter adding / removing B @ A * scale."""
+def test_lora_policy_syncs_merged_weights_without_touching_the_trainer(fake, policy, tmp_path):
+    """A real peft LoRA policy (credo/lora.py): vLLM receives W + (alpha / r) * B @ A for every adapted
+    layer, computed here by hand from the lora_A / lora_B tensors, under the base names; the trainer's
+    own weights stay bitwise the same (no in-place merge / unmerge) and are never marked merged."""
+    from peft.tuners.lora import LoraLayer
 
-    def __init__(self, model, targets=("q_proj", "v_proj"), rank=2, scale=2.0):
-        super().__init__()
-        self.inner = model
-        self.peft_config = {"default": {"r": rank}}
-        self.scale = scale
-        self.adapters = {}
-        for name, module in model.named_modules():
-            if name.split(".")[-1] in targets:
-                gen = torch.Generator().manual_seed(len(self.adapters))
-                a = torch.randn(rank, module.in_features, generator=gen) * 0.1
-                b = torch.randn(module.out_features, rank, generator=gen) * 0.1
-                self.adapters[name] = (module, a, b)
+    from credo.lora import attach_lora
 
-    def named_parameters(self, *args, **kwargs):
-        for name, p in self.inner.named_parameters():
-            module = name.rsplit(".", 1)[0]
-            if module in self.adapters:
-                yield f"base_model.model.{module}.base_layer.weight", p
-                yield f"base_model.model.{module}.lora_A.default.weight", torch.nn.Parameter(self.adapters[module][1])
-            else:
-                yield f"base_model.model.{name}", p
-
-    def merge_adapter(self):
-        with torch.no_grad():
-            for module, a, b in self.adapters.values():
-                module.weight.add_(b @ a * self.scale)
-
-    def unmerge_adapter(self):
-        with torch.no_grad():
-            for module, a, b in self.adapters.values():
-                module.weight.sub_(b @ a * self.scale)
-
-
-def test_lora_policy_syncs_merged_weights(fake, policy, tmp_path):
     engine = make_engine(policy, tmp_path)
-    peft = FakePeftModel(policy.model)
-    base = {n: p.detach().clone() for n, p in policy.model.named_parameters()}
-    engine.load_weights(peft, version=2)
+    model = copy.deepcopy(policy.model)
+    lora = attach_lora(model, rank=2, alpha=6.0, dropout=0.0, targets=["q_proj", "v_proj", "down_proj"],
+                       base="tiny", seed=0)
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # B starts at zero: give it values so the merge is not vacuous
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.1)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    engine.load_weights(model, version=2)
+    assert engine.weight_version == 2
     theirs = fake_weights(engine)
+    adapted = {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer)}
+    assert len(adapted) == 3 * model.config.num_hidden_layers
+    for name, p in model.named_parameters():
+        assert torch.equal(p.detach(), before[name]), name  # the trainer's weights are untouched
+    assert not any(m.merged for m in adapted.values())
     for name, p in policy.model.named_parameters():
-        torch.testing.assert_close(p.detach(), base[name], atol=1e-6, rtol=0)  # unmerged again
         module = name.rsplit(".", 1)[0]
-        expected = base[name]
-        if module in peft.adapters:
-            _, a, b = peft.adapters[module]
-            expected = base[name] + b @ a * peft.scale
+        expected = p.detach()
+        if module in adapted:
+            a = before[f"{module}.lora_A.default.weight"]
+            b = before[f"{module}.lora_B.default.weight"]
+            expected = expected + b @ a * (6.0 / 2)
+            assert not torch.equal(theirs[name], p.detach())
         torch.testing.assert_close(theirs[name], expected, atol=1e-6, rtol=0, msg=name)
+    assert lora.peft_model.base_model.model is model
 
 
 # -- multi-turn through the engine --------------------------------------------------------------------

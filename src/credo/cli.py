@@ -165,6 +165,17 @@ def cmd_generate(args, rest) -> int:
     return 0
 
 
+def cmd_export(args, rest) -> int:
+    """`credo export --run RUN_OR_CHECKPOINT --out DIR`: a plain Hugging Face folder (LoRA merged)."""
+    from credo.lora import export
+
+    if rest:
+        raise CredoError(f"credo export takes only --run and --out; unexpected: {' '.join(rest)}")
+    out = export(args.run, args.out)
+    print(f"credo: exported {args.run} to {out} (load it with credo eval --model {out} or transformers)")
+    return 0
+
+
 def cmd_list(args, rest) -> int:
     from credo.catalog import print_catalog
 
@@ -199,6 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--n", type=int, default=1, help="completions to sample")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     gen.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("export", help="write a plain Hugging Face folder from a run or checkpoint (merges LoRA)")
+    p.add_argument("--run", required=True, metavar="RUN_OR_CHECKPOINT",
+                   help="a run folder (its final, else newest complete checkpoint) or a checkpoint folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist or be empty)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
     p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers"])
     p.set_defaults(func=cmd_list)

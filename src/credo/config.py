@@ -77,6 +77,18 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute each decoder layer's activations in backward instead of storing them (Hugging Face
     gradient checkpointing, use_reentrant=False): less memory, more time (benchmarks/grad_checkpointing.py)."""
+    lora_rank: Annotated[int, Range(lo=0)] = 0
+    """LoRA adapter rank r (credo/lora.py, through peft); 0 = off (full fine-tuning). With r > 0 only the
+    adapters train (warm-up and RL), the reference model is the base with adapters disabled (no second
+    copy), checkpoints hold the adapters only, and `credo export` merges them into a plain folder."""
+    lora_alpha: Annotated[float, Range(lo=0, lo_open=True)] = 16.0
+    """LoRA scaling numerator: the update is (lora_alpha / lora_rank) * B @ A (peft's default 8; 16 = 2r at r = 8)."""
+    lora_dropout: Annotated[float, Range(lo=0, hi=1, hi_open=True)] = 0.0
+    """Dropout on the adapter's input during training (peft's lora_dropout); 0 keeps updates deterministic."""
+    lora_target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """Names (last dotted component) of the linear layers that get adapters; the default is every
+    attention and MLP projection of a Llama-style model (SmolLM2, the tiny preset). Unknown names are refused."""
 
 
 @dataclass

@@ -133,7 +133,8 @@ def load_policy(name: str, seed: int = 0) -> Policy:
         tokenizer = bundled_tokenizer()
         return Policy(tiny_model(tokenizer, seed=seed), tokenizer, TINY_NAME)
     folder = bundled_model_dir() if name == BUNDLED_NAME else Path(name).expanduser()
-    if not (folder / "config.json").is_file() and (folder / "model" / "config.json").is_file():
+    if not (folder / "config.json").is_file() and any((folder / "model" / f).is_file()
+                                                      for f in ("config.json", "adapter_config.json")):
         folder = folder / "model"  # a credo checkpoint folder: its model lives in model/
     if not folder.is_dir():
         raise CredoError(
@@ -141,6 +142,9 @@ def load_policy(name: str, seed: int = 0) -> Policy:
             f"nor a folder"
         )
     if not (folder / "config.json").is_file():
+        if (folder / "adapter_config.json").is_file():  # a LoRA run's checkpoint (credo/lora.py)
+            raise CredoError(f"model folder {folder} holds LoRA adapters only; merge them into a plain folder with "
+                             f"`credo export --run {folder.parent if folder.name == 'model' else folder} --out DIR`")
         raise CredoError(f"model folder {folder} has no config.json")
     if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
         raise CredoError(f"model folder {folder} has no weight files (*.safetensors)")

@@ -31,11 +31,13 @@ What this module does, and which vLLM call does it (vLLM's offline `LLM` API, as
   the colocated default) get the trainer's device tensors directly; a multiprocess engine (the
   separate-GPU placement) gets CPU copies in vLLM's dtype, pickled by vLLM (this needs
   VLLM_ALLOW_INSECURE_SERIALIZATION=1, which the engine sets before building `LLM`).
-- LoRA (a peft model, detected by `hasattr(model, "peft_config")`): the adapter is merged
-  (`merge_adapter`), the merged base weights are streamed under their base names (peft's
-  "base_model.model." prefix and ".base_layer" removed, lora_* tensors skipped), then unmerged, as
-  TRL does. vLLM's `LoRARequest` is not used: it loads an adapter from a folder, and weight sync
-  must not write one.
+- LoRA (a model with peft adapters injected, detected by `hasattr(model, "peft_config")`;
+  credo/lora.py): the merged weights W + s B A of the adapted layers are computed out of place, one
+  layer at a time (`credo.lora.merged_weights`), and streamed under their base names (peft's
+  "base_model.model." prefix and ".base_layer" removed, lora_* tensors skipped). Unlike TRL's
+  merge_adapter / unmerge_adapter, the trainer's weights are never modified (an in-place merge and
+  unmerge leaves W changed by float rounding). vLLM's `LoRARequest` is not used: it loads an adapter
+  from a folder, and weight sync must not write one.
 - Colocated with the trainer on one GPU (`rollout.vllm_placement = "colocate"`): vLLM takes
   `gpu_memory_utilization` of the GPU; with `rollout.sleep_mode` the trainer calls `offload()`
   before the update (`LLM.sleep(level)`: level 1 offloads weights to CPU and frees the KV cache,
@@ -163,7 +165,13 @@ def vllm_param_name(name: str) -> str | None:
 
 def named_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     """(vLLM name, tensor) of every parameter to sync. Tied weights appear once (named_parameters
-    de-duplicates them; vLLM skips lm_head when the embeddings are tied)."""
+    de-duplicates them; vLLM skips lm_head when the embeddings are tied). LoRA: merged weights."""
+    if is_peft_model(model):
+        from credo.lora import merged_weights
+
+        for name, tensor in merged_weights(model):
+            yield vllm_param_name(name), tensor
+        return
     for name, param in model.named_parameters():
         mapped = vllm_param_name(name)
         if mapped is not None:
@@ -290,17 +298,10 @@ class VLLMEngine:
         in_process = self._in_process()
         target = getattr(torch, self.settings.dtype) if self.settings.dtype != "auto" else None
         limit = self.settings.weight_sync_bucket_mb * 2**20
-        peft = is_peft_model(model)
-        if peft:
-            model.merge_adapter()
-        try:
-            for bucket in buckets(named_weights(model), limit):
-                if not in_process:  # pickled to the engine process: CPU copies in vLLM's dtype
-                    bucket = [(n, t.to("cpu", dtype=target or t.dtype)) for n, t in bucket]
-                self.llm.collective_rpc(_load_on_worker, args=(bucket,))
-        finally:
-            if peft:
-                model.unmerge_adapter()
+        for bucket in buckets(named_weights(model), limit):  # (LoRA: merged out of place, credo/lora.py)
+            if not in_process:  # pickled to the engine process: CPU copies in vLLM's dtype
+                bucket = [(n, t.to("cpu", dtype=target or t.dtype)) for n, t in bucket]
+            self.llm.collective_rpc(_load_on_worker, args=(bucket,))
         self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self.weight_version = int(version)
 

@@ -1,7 +1,9 @@
 """Checkpoints that hold everything needed to continue a run exactly, written atomically.
 
 Layout of `checkpoints/<name>/`:
-  model/                 Hugging Face folder (safetensors + config + tokenizer): `credo eval --model` loads it
+  model/                 Hugging Face folder (safetensors + config + tokenizer): `credo eval --model` loads it;
+                         with LoRA (model.lora_rank > 0) peft's adapter folder + tokenizer instead, and
+                         state.json's "lora" names the base and its SHA-256 (credo/lora.py; `credo export`)
   optimizer.safetensors  AdamW moments and step counts, keyed "<param index>.<state name>"
   rng.safetensors        torch CPU generator state, numpy's MT19937 key
   ref_model.safetensors  the frozen reference model, when the run has one
@@ -213,13 +215,23 @@ def load_credit_state(checkpoint: Checkpoint) -> tuple[dict[str, Any], dict[str,
 
 
 def load_into(checkpoint: Checkpoint, *, model, optimizer=None, ref_model=None, critic=None,
-              critic_optimizer=None) -> None:
-    """Restore weights, optimizer moments, the reference model and every RNG from a checkpoint."""
+              critic_optimizer=None, lora=None) -> None:
+    """Restore weights, optimizer moments, the reference model and every RNG from a checkpoint.
+
+    lora (credo.lora.LoRAPolicy): the run trains adapters; `model/` then holds only them, and the base
+    weights' fingerprint in state.json["lora"] must match the loaded base."""
     folder = checkpoint.folder
-    weights = {}
-    for file in sorted((folder / "model").glob("*.safetensors")):
-        weights.update(load_file(str(file)))
-    _load_weights(model, weights, folder / "model")
+    if (folder / "model" / "adapter_config.json").is_file() != (lora is not None):  # peft's adapter folder
+        raise CredoError(f"checkpoint {folder} holds {'LoRA adapters' if lora is None else 'full model weights'}, "
+                         f"but this run has model.lora_rank {'= 0' if lora is None else '> 0'}; resume with the "
+                         f"run's own config")
+    if lora is not None:
+        lora.load(folder / "model", checkpoint.state.get("lora"))  # (credo/lora.py: checks the base fingerprint)
+    else:
+        weights = {}
+        for file in sorted((folder / "model").glob("*.safetensors")):
+            weights.update(load_file(str(file)))
+        _load_weights(model, weights, folder / "model")
     if optimizer is not None:
         if not (folder / "optimizer.safetensors").is_file():
             raise CredoError(f"checkpoint {folder} has no optimizer state to resume from")

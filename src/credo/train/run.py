@@ -36,6 +36,7 @@ from credo.dist.env import SINGLE, NullWriter, World
 from credo.critic import CRITIC_KINDS, CriticSettings, ValueModel, critic_optimizer
 from credo.errors import CredoError
 from credo.gpu import attention_implementation, make_engine, place_policy, resolve_device, resolve_rollout_defaults
+from credo.lora import lora_from_config
 from credo.memory import apply_memory_options
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
@@ -109,7 +110,7 @@ def restore(run: "Run") -> Checkpoint | None:
         return None
     print(f"credo: resuming from {checkpoint.folder}", flush=True)
     if checkpoint.state.get("stage") == "warmup":  # RL checkpoints are loaded with the optimizer
-        load_into(checkpoint, model=run.model)
+        load_into(checkpoint, model=run.model, lora=run.lora)
     if not run.world.is_main:  # (every rank loads the checkpoint; rank 0 rewrites the metrics)
         return checkpoint
     done = checkpoint.state.get("rl_step", 0)
@@ -149,6 +150,9 @@ def validate(cfg: TrainConfig) -> None:
             raise CredoError(f"rollout.temperature_schedule {cfg.rollout.temperature_schedule!r} needs the torch "
                              f"engine (per-row temperatures at each decoding step); rollout.engine is "
                              f"{cfg.rollout.engine!r}")
+    if cfg.model.lora_rank > 0 and cfg.dist.strategy != "none":
+        raise CredoError(f"model.lora_rank > 0 with dist.strategy {cfg.dist.strategy!r} is not built yet (DDP / FSDP2 "
+                         f"of a peft model and adapter-only DCP checkpoints); use one process or model.lora_rank = 0")
     if cfg.rl.dynamic_sampling and cfg.dist.strategy != "none":
         # refill rounds differ per rank (different prompts keep different groups), so ranks would
         # disagree on the step's batch size and early exits: not built yet
@@ -214,6 +218,11 @@ class Run:
     resumed: Checkpoint | None = None
     world: World = SINGLE  # torch.distributed: this rank (credo/dist/); rank 0 writes the run folder
     placement: Any = None  # several ranks: the wrapped policy and reference (credo/dist/wrap.py)
+    lora: Any = None  # model.lora_rank > 0: credo.lora.LoRAPolicy (adapters injected into `model`)
+
+    def saved(self) -> dict[str, Any]:
+        """What a checkpoint saves as its model: peft's adapters only with LoRA, else the model."""
+        return {"model": self.model} if self.lora is None else {"model": self.lora.peft_model}
 
     def held_out(self, label: str) -> None:
         """Greedy accuracy on the fixed held-out set, recorded under `label` (rank 0 only)."""
@@ -260,6 +269,7 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     place_policy(policy.model, device, attention_implementation(device, cfg.model.attn_implementation))
     apply_memory_options(policy.model, fp32_lm_head=cfg.model.fp32_lm_head,
                          gradient_checkpointing=cfg.model.gradient_checkpointing)
+    lora = lora_from_config(cfg.model, policy.model, cfg.run.seed)  # adapters injected in place (credo/lora.py)
     dtype = PRECISIONS[cfg.model.precision]
     sc = cfg.sampling
     summary = {"run_dir": str(run_dir), "preset": cfg.preset, "seed": cfg.run.seed,
@@ -268,7 +278,7 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
                make_engine(cfg, policy.model, policy.tokenizer, policy.source, dtype, run_dir),
                SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop)),
                dtype, MetricsWriter(run_dir / "metrics.jsonl") if world.is_main else NullWriter(), summary,
-               {"load": time.perf_counter() - started}, world=world)
+               {"load": time.perf_counter() - started}, world=world, lora=lora)
 
 
 def warmup_stage(run: Run) -> None:
@@ -292,8 +302,8 @@ def warmup_stage(run: Run) -> None:
     run.timings["warmup"] = time.perf_counter() - t
     run.held_out("warmup")
     if run.world.is_main:  # (the warm-up is replicated: every rank ran the same steps on the same demos)
-        save_checkpoint(run.run_dir / "checkpoints" / "warmup", model=run.model, tokenizer=run.tokenizer,
-                    state={"stage": "warmup", "rl_step": 0})
+        save_checkpoint(run.run_dir / "checkpoints" / "warmup", **run.saved(), tokenizer=run.tokenizer,
+                        state={"stage": "warmup", "rl_step": 0, **lora_state(run)})
 
 
 def rl_context(run: Run) -> RLContext:
@@ -309,7 +319,10 @@ def rl_context(run: Run) -> RLContext:
     credit_needs = credit_needs_of(credit)
     # the reference is the policy as RL starts (after warm-up), frozen
     wants_ref = (rl.kl_coef or 0.0) > 0 or "ref" in needs_of(objective) or "ref_logprobs" in credit_needs
-    ref_model = copy.deepcopy(run.model).eval().requires_grad_(False) if wants_ref else None
+    # LoRA: the same weights with the adapters disabled (credo/lora.py::AdaptersOff), no second copy
+    ref_model = None if not wants_ref else run.lora.reference() if run.lora is not None else \
+        copy.deepcopy(run.model).eval().requires_grad_(False)
+    saved_ref = None if run.lora is not None else ref_model  # (nothing of its own to checkpoint)
     model, hooks = run.model, None
     if run.world.distributed:  # DDP / FSDP2: the policy and the reference wrapped (credo/dist/wrap.py)
         model, ref_model, hooks = place_for_rl(run, ref_model)
@@ -334,8 +347,8 @@ def rl_context(run: Run) -> RLContext:
         load_dcp(run.resumed, model=model, optimizer=optimizer, ref_model=ref_model, critic=critic,
                  critic_optimizer=critic_opt)
     elif resumed_rl:
-        load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=ref_model,
-                  critic=critic, critic_optimizer=critic_opt)
+        load_into(run.resumed, model=run.model, optimizer=optimizer, ref_model=saved_ref,
+                  critic=critic, critic_optimizer=critic_opt, lora=run.lora)
     protocol = credit_state_of(credit)  # SPO's tracker: carried across steps, in every RL checkpoint
     credit_state = None
     if protocol is not None:
@@ -384,6 +397,11 @@ def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens:
                                          cache_length=rl.overlong_buffer, penalty_factor=rl.overlong_penalty_factor)
 
 
+def lora_state(run: Run) -> dict[str, Any]:
+    """state.json's "lora": the base model and its fingerprint, checked when adapters are loaded."""
+    return {} if run.lora is None else {"lora": run.lora.meta}
+
+
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
     state = {"stage": "rl", "rl_step": steps_done}
     if ctx.snr_lr:  # the lr of the next step is lr_at(step) * this lr_scale (exact resume)
@@ -396,8 +414,9 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
                  tokenizer=run.tokenizer, export_model=run.placement.rollout_model,
                  state=state)
         return
-    save_checkpoint(run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
-                    optimizer=ctx.optimizer, ref_model=ctx.ref_model,
+    state.update(lora_state(run))
+    save_checkpoint(run.run_dir / "checkpoints" / name, **run.saved(), tokenizer=run.tokenizer,
+                    optimizer=ctx.optimizer, ref_model=None if run.lora is not None else ctx.ref_model,
                     critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
                     state=state,
                     credit_state=None if ctx.credit_protocol is None else ctx.credit_protocol.save(ctx.credit_state))

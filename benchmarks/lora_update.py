@@ -1,0 +1,121 @@
+"""Full fine-tuning vs LoRA (peft): time per update, trainable parameters and peak memory, side by side.
+
+    python benchmarks/lora_update.py [--models tiny,smollm2] [--updates 3] [--batch 8] [--length 48] [--rank 8]
+
+Each configuration runs in a fresh subprocess (so ru_maxrss is its own peak), the configurations of a
+model one after the other in the same invocation: load the model, optionally attach LoRA with
+credo's own `credo.lora.attach_lora` (rank --rank, alpha 2 x rank, the default target modules: every
+attention and MLP projection), then `--updates` AdamW steps (credo's `make_optimizer`, so the
+optimizer sees exactly what the trainer's would) of a teacher-forced token-logprob loss on a fixed
+random batch [batch, length], bf16 autocast for smollm2 as in its default preset, fp32 for tiny. The
+first update is a warm-up and is not timed. Reported: seconds per update (median of the timed ones),
+trainable / total parameters, peak resident memory and the part added by the updates (gradients, AdamW
+moments, activations). Results: benchmarks/results/lora_update.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def worker(model_name: str, rank: int, updates: int, batch: int, length: int) -> dict:
+    import torch
+
+    from credo.logprobs import token_logprobs
+    from credo.lora import attach_lora, base_fingerprint
+    from credo.models import load_policy
+    from credo.train.optim import make_optimizer
+
+    torch.manual_seed(0)
+    model = load_policy(model_name).model.train()
+    if rank > 0:  # (attach_lora hashes the base weights, which pages in a lazily mapped file) ...
+        attach_lora(model, rank=rank, alpha=2.0 * rank, dropout=0.0, targets=TARGETS, base=model_name, seed=0)
+    else:  # ... so full fine-tuning reads them too: the RSS after loading is then the same in both modes
+        base_fingerprint(model)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    tokens = torch.randint(0, 1000, (batch, length), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(tokens)
+    score = torch.ones_like(tokens, dtype=torch.bool)
+    score[:, 0] = False
+    opt = make_optimizer(model, 1e-5, 0.0)
+    trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    bf16 = model_name != "tiny"
+    times = []
+    for _ in range(updates + 1):
+        t = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = -token_logprobs(model, tokens, mask, score).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"model": model_name, "mode": f"lora r={rank}" if rank else "full", "rank": rank,
+            "s_per_update": statistics.median(times[1:]), "update_times_s": times[1:],
+            "trainable_params": trainable, "total_params": total, "peak_rss_mb": peak,
+            "rss_after_load_mb": base_rss, "update_rss_mb": peak - base_rss}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="tiny,smollm2")
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=48)
+    parser.add_argument("--rank", type=int, default=8)
+    parser.add_argument("--worker", nargs=2, metavar=("MODEL", "RANK"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "lora_update.md"))
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.updates, args.batch, args.length)))
+        return
+    import os
+
+    results = []
+    env = {"PYTHONPATH": str(ROOT / "src")}
+    load_before = os.getloadavg()[0]
+
+    for model in args.models.split(","):
+        for rank in (0, args.rank):
+            proc = subprocess.run([sys.executable, __file__, "--worker", model, str(rank), "--updates",
+                                   str(args.updates), "--batch", str(args.batch), "--length", str(args.length)],
+                                  capture_output=True, text=True, cwd=ROOT, check=True, env={**os.environ, **env})
+            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+    command = (f"python benchmarks/lora_update.py --models {args.models} --updates {args.updates} "
+               f"--batch {args.batch} --length {args.length} --rank {args.rank}")
+    lines = [f"Full fine-tuning vs LoRA (peft, rank {args.rank}, alpha {2 * args.rank}, all attention + MLP "
+             f"projections) on this CPU: {args.updates} timed AdamW updates (after one untimed) of a "
+             f"[{args.batch}, {args.length}] token batch per configuration, each in its own process.",
+             f"Command: `{command}`",
+             f"1-minute load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+             f"(2 cores; above ~1 the times are taken under contention).", "",
+             "| model | mode | s / update | time ratio | trainable params | trainable % | peak RSS (MB) | "
+             "RSS added by the updates (MB) | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        full = next(o for o in results if o["model"] == r["model"] and o["rank"] == 0)
+        lines.append(f"| {r['model']} | {r['mode']} | {r['s_per_update']:.3f} | "
+                     f"{r['s_per_update'] / full['s_per_update']:.2f} | {r['trainable_params']:,} | "
+                     f"{100 * r['trainable_params'] / r['total_params']:.2f} | {r['peak_rss_mb']:.0f} | "
+                     f"{r['update_rss_mb']:.0f} | {r['update_rss_mb'] / max(full['update_rss_mb'], 1e-9):.2f} |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({"command": command, "load_average": [load_before, os.getloadavg()[0]], "results": results}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
