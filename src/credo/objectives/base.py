@@ -74,3 +74,35 @@ def needs_of(fn: Callable) -> frozenset[str]:
 def wants_outputs(fn: Callable) -> bool:
     """True when the objective takes the `outputs: PolicyOutputs` keyword."""
     return "outputs" in inspect.signature(fn).parameters
+
+
+def checks(check: Callable[[dict, object], None]) -> Callable:
+    """Attach a hyperparameter check to an objective: check(params, cfg) raises CredoError for values
+    the method cannot run with. params are the effective keyword hyperparameters (defaults updated by
+    what the config binds); cfg is the TrainConfig. `train/run.py::validate` calls it, so a bad value
+    fails at config validation, before any model is loaded."""
+
+    def mark(fn: Callable) -> Callable:
+        fn.check_params = check
+        return fn
+
+    return mark
+
+
+def check_params_of(fn: Callable) -> Callable[[dict, object], None] | None:
+    """The check attached by `checks` (through functools.partial), or None."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "check_params", None)
+
+
+def effective_params(fn: Callable, common: dict, extra: dict) -> dict:
+    """The keyword hyperparameters fn will run with: its defaults, then the common config fields it
+    accepts (when set), then `extra` (rl.objective_params / rl.credit_params)."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    params = {n: p.default for n, p in inspect.signature(fn).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    params.update({k: v for k, v in common.items() if k in params and v is not None})
+    params.update({k: v for k, v in extra.items() if k in params})
+    return params

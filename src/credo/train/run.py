@@ -126,11 +126,24 @@ def restore(run: "Run") -> Checkpoint | None:
     return checkpoint
 
 
+def check_method_params(cfg: TrainConfig) -> None:
+    """Run the hyperparameter checks the objective and credit estimator attach (`objectives.base.checks`)."""
+    from credo.objectives.base import check_params_of, effective_params
+
+    common = {"clip_low": cfg.rl.clip_low, "clip_high": cfg.rl.clip_high, "kl_coef": cfg.rl.kl_coef}
+    for fn, extra in ((OBJECTIVES.get(cfg.rl.objective), cfg.rl.objective_params),
+                      (CREDIT.get(cfg.rl.credit), cfg.rl.credit_params)):
+        check = check_params_of(fn)
+        if check is not None:
+            check(effective_params(fn, common if fn is OBJECTIVES.get(cfg.rl.objective) else {}, extra or {}), cfg)
+
+
 def validate(cfg: TrainConfig) -> None:
     """Resolve every name early, so a typo fails before minutes of loading and evaluation."""
     check_ranges(cfg)  # every field's marker (config.py): ranges, choices, non-empty names
     OBJECTIVES.get(cfg.rl.objective)
     CREDIT.get(cfg.rl.credit)
+    check_method_params(cfg)
     KL_ESTIMATORS.get(cfg.rl.kl_estimator)
     check_judge_spec(cfg.rl.judge)
     if cfg.rl.judge != "synthetic" and "step_rewards" not in credit_needs_of(CREDIT.get(cfg.rl.credit)):
