@@ -21,9 +21,8 @@ from credo.entry import Entry
 from credo.errors import CredoError
 from credo.objectives.base import OBJECTIVES, LossTerms, checks, masked_mean
 from credo.objectives.common import add_kl_penalty, ratio_metrics, token_log_ratio
-from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
-from credo.objectives.ratio_variants import SEQ_LOG_RATIO_MAX, _sequence_mean
+from credo.objectives.ratio_variants import _sequence_mean, gspo_loss
 
 VESPO_LOG_W_MIN = math.log(1e-8)  # TRL's lower clamp of log w (about -18.42)
 VESPO_LOG_W_MAX = 20.0
@@ -73,17 +72,9 @@ def luspo_loss(
     Paper: "LUSPO: Length-Unbiased Sequence Policy Optimization" (arXiv 2602.05261; title as TRL cites it).
     Status: confirmed against TRL f2cd577 (`loss_type="luspo"`, importance_sampling_level "sequence").
     """
-    mask = batch.loss_mask
-    log_ratio = token_log_ratio(logprobs, batch)
-    seq_log_ratio = torch.clamp(_sequence_mean(log_ratio, mask), max=SEQ_LOG_RATIO_MAX)
-    seq_adv = _sequence_mean(batch.advantages, mask)
-    seq = ppo_clip_per_token(
-        seq_log_ratio[:, None], torch.zeros_like(seq_log_ratio)[:, None], seq_adv[:, None],
-        mask.any(-1, keepdim=True), clip_low=clip_low, clip_high=clip_high,
-    )
-    metrics = {**seq.metrics, "approx_kl": ratio_metrics(log_ratio, mask)["approx_kl"]}
-    terms = LossTerms(per_token=seq.per_token.expand_as(logprobs), metrics=metrics)
-    return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="luspo_loss")
+    # per row LUSPO's loss is GSPO's l_i; the length weighting is the reduction's (see above)
+    return gspo_loss(logprobs, batch, clip_low=clip_low, clip_high=clip_high, kl_coef=kl_coef,
+                     kl_estimator=kl_estimator)
 
 
 @torch.no_grad()
