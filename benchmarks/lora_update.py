@@ -17,21 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _measure import ROOT, load_average, peak_rss_mb, run_worker, timed_updates  # benchmarks/ is on sys.path
+from _results import write_results
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def worker(model_name: str, rank: int, updates: int, batch: int, length: int) -> dict:
     import torch
 
-    from credo.logprobs import token_logprobs
     from credo.lora import attach_lora, base_fingerprint
     from credo.models import load_policy
     from credo.train.optim import make_optimizer
@@ -42,27 +39,14 @@ def worker(model_name: str, rank: int, updates: int, batch: int, length: int) ->
         attach_lora(model, rank=rank, alpha=2.0 * rank, dropout=0.0, targets=TARGETS, base=model_name, seed=0)
     else:  # ... so full fine-tuning reads them too: the RSS after loading is then the same in both modes
         base_fingerprint(model)
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    tokens = torch.randint(0, 1000, (batch, length), generator=torch.Generator().manual_seed(0))
-    mask = torch.ones_like(tokens)
-    score = torch.ones_like(tokens, dtype=torch.bool)
-    score[:, 0] = False
+    base_rss = peak_rss_mb()
     opt = make_optimizer(model, 1e-5, 0.0)
     trainable = sum(p.numel() for g in opt.param_groups for p in g["params"])
     total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-    bf16 = model_name != "tiny"
-    times = []
-    for _ in range(updates + 1):
-        t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = -token_logprobs(model, tokens, mask, score).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    times = timed_updates(model, opt, batch=batch, length=length, updates=updates, bf16=model_name != "tiny")
+    peak = peak_rss_mb()
     return {"model": model_name, "mode": f"lora r={rank}" if rank else "full", "rank": rank,
-            "s_per_update": statistics.median(times[1:]), "update_times_s": times[1:],
+            "s_per_update": statistics.median(times), "update_times_s": times,
             "trainable_params": trainable, "total_params": total, "peak_rss_mb": peak,
             "rss_after_load_mb": base_rss, "update_rss_mb": peak - base_rss}
 
@@ -80,26 +64,18 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker[0], int(args.worker[1]), args.updates, args.batch, args.length)))
         return
-    import os
-
-    results = []
-    env = {"PYTHONPATH": str(ROOT / "src")}
-    load_before = os.getloadavg()[0]
-
-    for model in args.models.split(","):
-        for rank in (0, args.rank):
-            proc = subprocess.run([sys.executable, __file__, "--worker", model, str(rank), "--updates",
-                                   str(args.updates), "--batch", str(args.batch), "--length", str(args.length)],
-                                  capture_output=True, text=True, cwd=ROOT, check=True, env={**os.environ, **env})
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
+    sizes = ["--updates", str(args.updates), "--batch", str(args.batch), "--length", str(args.length)]
+    load_before = load_average()
+    results = [run_worker(__file__, [model, str(rank), *sizes])
+               for model in args.models.split(",") for rank in (0, args.rank)]
+    load_after = load_average()
     command = (f"python benchmarks/lora_update.py --models {args.models} --updates {args.updates} "
                f"--batch {args.batch} --length {args.length} --rank {args.rank}")
     lines = [f"Full fine-tuning vs LoRA (peft, rank {args.rank}, alpha {2 * args.rank}, all attention + MLP "
              f"projections) on this CPU: {args.updates} timed AdamW updates (after one untimed) of a "
              f"[{args.batch}, {args.length}] token batch per configuration, each in its own process.",
              f"Command: `{command}`",
-             f"1-minute load average before / after: {load_before:.2f} / {os.getloadavg()[0]:.2f} "
+             f"1-minute load average before / after: {load_before:.2f} / {load_after:.2f} "
              f"(2 cores; above ~1 the times are taken under contention).", "",
              "| model | mode | s / update | time ratio | trainable params | trainable % | peak RSS (MB) | "
              "RSS added by the updates (MB) | ratio |",
@@ -110,11 +86,7 @@ def main() -> None:
                      f"{r['s_per_update'] / full['s_per_update']:.2f} | {r['trainable_params']:,} | "
                      f"{100 * r['trainable_params'] / r['total_params']:.2f} | {r['peak_rss_mb']:.0f} | "
                      f"{r['update_rss_mb']:.0f} | {r['update_rss_mb'] / max(full['update_rss_mb'], 1e-9):.2f} |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "load_average": [load_before, os.getloadavg()[0]], "results": results}, indent=2) + "\n")
-    print(f"wrote {out}")
+    write_results(args.out, lines, results, meta={"command": command, "load_average": [load_before, load_after]})
 
 
 if __name__ == "__main__":

@@ -40,18 +40,24 @@ def _check(name: str) -> Callable[[dict, object], None]:
     return check
 
 
-def _dppo_terms(logprobs: torch.Tensor, batch: RolloutBatch, valid: torch.Tensor, is_truncation: float) -> LossTerms:
+def _dppo_loss(logprobs: torch.Tensor, batch: RolloutBatch,
+               region: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], *, is_truncation: float,
+               kl_coef: float, kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+               who: str) -> LossTerms:
+    """The part both variants share: valid = region(p, q) [B, T] bool from p = exp(logp), q = exp(old_logp),
+    then L_t = -A_t sg[min(r_t, c)] logp_t valid_t, the metrics, and the optional KL penalty."""
     mask = batch.loss_mask
+    valid = region(torch.exp(logprobs), torch.exp(batch.behaviour_logprobs)).detach().to(logprobs.dtype)
     log_ratio = token_log_ratio(logprobs, batch)
     ratio = torch.exp(log_ratio)
     weight = torch.clamp(ratio, max=is_truncation).detach()
-    valid = valid.detach().to(logprobs.dtype)
     per_token = -batch.advantages * weight * logprobs * valid
     with torch.no_grad():
         metrics = {**ratio_metrics(log_ratio, mask),
                    "clip_fraction": masked_mean(1.0 - valid, mask),
                    "truncated_fraction": masked_mean((ratio > is_truncation).to(valid.dtype) * valid, mask)}
-    return LossTerms(per_token=per_token, metrics=metrics)
+    terms = LossTerms(per_token=per_token, metrics=metrics)
+    return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who=who)
 
 
 @OBJECTIVES.register("dppo_tv")
@@ -79,10 +85,11 @@ def dppo_tv_loss(
     The top-K divergence of the paper is not ported (verl has only the binary form).
     Paper: DPPO (arXiv 2602.04879). Status: confirmed (verl 1dda039 `compute_policy_loss_dppo_tv`).
     """
-    p, q = torch.exp(logprobs), torch.exp(batch.behaviour_logprobs)
-    valid = torch.where(batch.advantages > 0, (p - q) <= clip_high, (p - q) >= -clip_low)
-    terms = _dppo_terms(logprobs, batch, valid, is_truncation)
-    return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="dppo_tv_loss")
+    def region(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return torch.where(batch.advantages > 0, (p - q) <= clip_high, (p - q) >= -clip_low)
+
+    return _dppo_loss(logprobs, batch, region, is_truncation=is_truncation, kl_coef=kl_coef,
+                      kl_estimator=kl_estimator, who="dppo_tv_loss")
 
 
 BINARY_KL_EPS = 1e-8  # verl's guard inside log((1 - q) / (1 - p))
@@ -116,11 +123,12 @@ def dppo_kl_loss(
     The top-K divergence of the paper is not ported (verl has only the binary form).
     Paper: DPPO (arXiv 2602.04879). Status: confirmed (verl 1dda039 `compute_policy_loss_dppo_kl`).
     """
-    p, q = torch.exp(logprobs), torch.exp(batch.behaviour_logprobs)
-    d = binary_kl(p, q, logprobs, batch.behaviour_logprobs)
-    valid = torch.where(batch.advantages > 0, (d <= clip_high) | (p <= q), (d <= clip_low) | (p >= q))
-    terms = _dppo_terms(logprobs, batch, valid, is_truncation)
-    return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="dppo_kl_loss")
+    def region(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        d = binary_kl(p, q, logprobs, batch.behaviour_logprobs)
+        return torch.where(batch.advantages > 0, (d <= clip_high) | (p <= q), (d <= clip_low) | (p >= q))
+
+    return _dppo_loss(logprobs, batch, region, is_truncation=is_truncation, kl_coef=kl_coef,
+                      kl_estimator=kl_estimator, who="dppo_kl_loss")
 
 
 CATALOG = [
