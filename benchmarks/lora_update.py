@@ -75,8 +75,8 @@ def main() -> None:
              f"projections) on this CPU: {args.updates} timed AdamW updates (after one untimed) of a "
              f"[{args.batch}, {args.length}] token batch per configuration, each in its own process.",
              f"Command: `{command}`",
-             f"1-minute load average before / after: {load_before:.2f} / {load_after:.2f} "
-             f"(2 cores; above ~1 the times are taken under contention).", "",
+             f"1-minute load average before / after: {load_before:.2f} / {load_after:.2f} (2 cores; it trails "
+             f"by about a minute and the benchmark's own 2 threads raise it; run nothing else beside it).", "",
              "| model | mode | s / update | time ratio | trainable params | trainable % | peak RSS (MB) | "
              "RSS added by the updates (MB) | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]

@@ -59,6 +59,7 @@ def catalog_markdown() -> str:
         "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n\n"
         "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n\n"
         "## Adaptive sampling temperatures (`rollout.temperature_schedule`)\n\n" + markdown(schedule_entries()) + "\n\n"
+        "## Entropy control (`rl.entropy_control`)\n\n" + markdown(entropy_control_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
 
@@ -80,6 +81,13 @@ def schedule_entries() -> list[Entry]:
     from credo.rollout.temperature import CATALOG
 
     return sorted(CATALOG, key=lambda e: e.name)
+
+
+def entropy_control_entries() -> list[Entry]:
+    """The rows of the entropy-coefficient controllers (objectives/entropy_control.py)."""
+    from credo.objectives.entropy_control import CONTROLS_CATALOG
+
+    return sorted(CONTROLS_CATALOG, key=lambda e: e.name)
 
 
 def correction_entries() -> list[Entry]:
@@ -112,6 +120,8 @@ def print_catalog(what: str = "all") -> None:
         print("\nimportance-sampling corrections (rl.is_correction):\n" + table(correction_entries()))
     if what in ("all", "samplers"):
         print("\nadaptive sampling temperatures (rollout.temperature_schedule):\n" + table(schedule_entries()))
+    if what in ("all", "entropy"):
+        print("\nentropy control (rl.entropy_control):\n" + table(entropy_control_entries()))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     credo train [--preset default|tiny] [--config FILE.toml] [--rl.clip_high 0.28 ...]
     credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500] [--samples 8]
     credo generate --model PATH "What is 2+3?"
-    credo list [presets|tasks|objectives|credit|corrections]
+    credo list [presets|recipes|tasks|objectives|credit|corrections|samplers|entropy]
 
 User errors (unknown names, missing files, malformed data) print `error: ...` and exit with status 2.
 """
@@ -216,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist or be empty)")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
-    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers"])
+    p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers", "entropy"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

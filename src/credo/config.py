@@ -189,7 +189,14 @@ class RLConfig:
     """KL estimator: k1, k2 or k3."""
     entropy_coef: Annotated[float, Range()] = 0.0
     """Entropy bonus composable with any objective: the loss becomes objective - entropy_coef * H,
-    reduced the same way (verl's entropy_coeff); > 0 makes the trainer compute a differentiable entropy."""
+    reduced the same way (verl's entropy_coeff); > 0 makes the trainer compute a differentiable entropy.
+    With rl.entropy_control set, the controller's initial coefficient."""
+    entropy_control: Annotated[str, OneOf(("none", "adaptive"))] = "none"
+    """Move the entropy coefficient with training (objectives/entropy_control.py): "adaptive" =
+    Skywork-OR1's control as in TRL (+- delta per optimizer step around a target entropy, applied only at
+    or below it; its state is checkpointed). "none" = the fixed rl.entropy_coef."""
+    entropy_control_params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the controller (adaptive: target 0.2, delta 0.005, coef_min 0, coef_max 1)."""
     loss_reduction: Annotated[str, Text(non_empty=True)] = "token_mean"
     """token_mean, seq_mean_token_mean, seq_mean_token_sum, seq_mean_token_sum_norm, token_sum."""
     minibatches: Annotated[int, Range(lo=1)] = 2

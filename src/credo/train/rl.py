@@ -151,17 +151,22 @@ def ppo_update(
     generator: torch.Generator,
     grad_stats: GradSNR | None = None,
     dist: Any = None,
+    entropy_control: Any = None,
 ) -> dict[str, float]:
     """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics.
 
     grad_stats (rl.snr_lr): records each minibatch's gradient after its backward passes and before
     clipping (OBLR-PO's gradient SNR, train/snr.py).
     dist (credo.dist.hooks.DistHooks, several ranks): minibatches cut from the global rows, global
-    token / row counts, matched forward/backward passes per rank (see that module)."""
+    token / row counts, matched forward/backward passes per rank (see that module).
+    entropy_control (rl.entropy_control, objectives/entropy_control.py): gives each optimizer step's
+    entropy coefficient in place of settings.entropy_coef, and observes the step's mean token entropy
+    (global over ranks) after it."""
     declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     whole_groups = "whole_groups" in declared
     forward_needs = declared & frozenset(OUTPUT_NEEDS)
-    if settings.entropy_coef:
+    entropy_bonus = bool(settings.entropy_coef) or entropy_control is not None
+    if entropy_bonus:
         forward_needs |= {"entropy"}  # the bonus needs a differentiable entropy
     rows = trainable_rows(batch, settings.skip_zero_advantage and not whole_groups)
     layout = dist.layout(batch.group_ids, rows) if dist is not None else None
@@ -171,6 +176,7 @@ def ppo_update(
     weight = 0.0
     updates = skipped = 0
     grad_norms = []
+    applied: list[float] = []  # the entropy coefficient each optimizer step applied (entropy_control)
     if len(split_from) == 0:  # e.g. every group all-correct or all-wrong: nothing to learn from
         nan = float("nan")
         return {"updates": 0, "skipped_updates": 0, "trained_sequences": 0, "grad_norm": nan,
@@ -189,6 +195,8 @@ def ppo_update(
             num_tokens = float(sub.loss_mask.sum())
             num_seqs = float(sub.loss_mask.any(-1).sum())
             micros = micro_batches(sub, settings.micro_batch_size, whole_groups)
+            coef = settings.entropy_coef if entropy_control is None else entropy_control.coef_for_step()
+            entropy_sum = entropy_tokens = 0.0  # this optimizer step's, for the controller
             passes, scale = len(micros), 1.0
             if dist is not None:  # global counts; every rank makes the same number of passes
                 num_tokens, num_seqs = dist.global_counts(num_tokens, num_seqs)
@@ -212,8 +220,8 @@ def ppo_update(
                 per_token = terms.per_token
                 if part.is_weights is not None:  # detached IS weights; dropped tokens are off the mask
                     per_token = per_token * part.is_weights
-                if settings.entropy_coef:
-                    per_token = per_token - settings.entropy_coef * outputs.entropy
+                if entropy_bonus:
+                    per_token = per_token - coef * outputs.entropy
                 loss = reduce_loss(
                     per_token, part.loss_mask, settings.reduction,
                     num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=settings.norm_constant,
@@ -222,6 +230,8 @@ def ppo_update(
                 w = float(part.loss_mask.sum())
                 weight += w
                 m = part.loss_mask
+                entropy_sum += float((entropy * m).sum())
+                entropy_tokens += float(m.sum())
                 extra = {"loss": loss.item() * num_tokens / max(w, 1.0),
                          "entropy": float((entropy * m).sum() / m.sum().clamp(min=1))}
                 for key, value in {**{k: float(v) for k, v in terms.metrics.items()}, **extra}.items():
@@ -242,9 +252,16 @@ def ppo_update(
             else:  # a non-finite gradient must not reach the optimizer state
                 skipped += 1
             optimizer.zero_grad(set_to_none=True)
+            if entropy_control is not None:  # (the step's mean token entropy over all ranks' micro-batches)
+                if dist is not None:
+                    entropy_sum, entropy_tokens = dist.global_counts(entropy_sum, entropy_tokens)
+                entropy_control.observe(entropy_sum / entropy_tokens if entropy_tokens else float("nan"))
+                applied.append(coef)
     out = {k: v / max(weight, 1.0) for k, v in sums.items()}
     out.update(extremes)
     out.update(correction_metrics)
+    if entropy_control is not None:
+        out.update(entropy_coef=entropy_control.coef, entropy_coef_applied=sum(applied) / max(len(applied), 1))
     out.update(updates=updates, skipped_updates=skipped,
                grad_norm=sum(grad_norms) / len(grad_norms) if grad_norms else float("nan"),
                trained_sequences=len(rows))
@@ -284,6 +301,7 @@ class RLContext:
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
     temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too
+    entropy_control: Any = None  # rl.entropy_control (objectives/entropy_control.py): the moving entropy coefficient
 
 
 def scoring_model(ctx: RLContext) -> torch.nn.Module:
@@ -517,7 +535,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     if callable(getattr(ctx.engine, "offload", None)):  # colocated vLLM frees its GPU memory
         ctx.engine.offload()
     update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats,
-                        **several)
+                        entropy_control=ctx.entropy_control, **several)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
     if grad_stats is not None:

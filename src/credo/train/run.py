@@ -41,6 +41,7 @@ from credo.memory import apply_memory_options
 from credo.models import load_policy
 from credo.objectives import KL_ESTIMATORS, OBJECTIVES, REDUCTIONS
 from credo.objectives.base import needs_of
+from credo.objectives.entropy_control import make_entropy_control
 from credo.objectives.is_correction import IS_CORRECTIONS
 from credo.objectives.distribution import wire_internal_policy
 from credo.rollout import RolloutEngine, SamplingParams
@@ -163,6 +164,7 @@ def validate(cfg: TrainConfig) -> None:
             raise CredoError(f"rollout.temperature_schedule {cfg.rollout.temperature_schedule!r} needs the torch "
                              f"engine (per-row temperatures at each decoding step); rollout.engine is "
                              f"{cfg.rollout.engine!r}")
+    make_entropy_control(cfg.rl.entropy_control, cfg.rl.entropy_control_params, cfg.rl.entropy_coef)  # (checks)
     if cfg.model.lora_rank > 0 and cfg.dist.strategy != "none":
         raise CredoError(f"model.lora_rank > 0 with dist.strategy {cfg.dist.strategy!r} is not built yet (DDP / FSDP2 "
                          f"of a peft model and adapter-only DCP checkpoints); use one process or model.lora_rank = 0")
@@ -380,6 +382,11 @@ def rl_context(run: Run) -> RLContext:
         if "temperature_schedule" not in run.resumed.state:
             raise CredoError(f"checkpoint {run.resumed.folder} has no state for rollout.temperature_schedule")
         schedule.load_state(run.resumed.state["temperature_schedule"])
+    entropy_control = make_entropy_control(rl.entropy_control, rl.entropy_control_params, rl.entropy_coef)
+    if entropy_control is not None and resumed_rl:  # (objectives/entropy_control.py; exact resume)
+        if "entropy_control" not in run.resumed.state:
+            raise CredoError(f"checkpoint {run.resumed.folder} has no state for rl.entropy_control")
+        entropy_control.load_state(run.resumed.state["entropy_control"])
     sources = CreditSources(
         model=plain, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=(make_judge(rl.judge, seed=run.cfg.run.seed, noise=rl.judge_noise, bias=rl.judge_bias,
@@ -398,7 +405,8 @@ def rl_context(run: Run) -> RLContext:
                      credit_sources=sources, critic=critic, critic_optimizer=critic_opt,
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
-                     seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule)
+                     seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule,
+                     entropy_control=entropy_control)
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
@@ -421,6 +429,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
         state["snr_lr"] = lr_state_to_json(ctx.lr_state, ctx.lr_scale)
     if ctx.temperature_schedule is not None:  # the next rollout's temperatures depend on it (exact resume)
         state["temperature_schedule"] = ctx.temperature_schedule.state()
+    if ctx.entropy_control is not None:  # the next step's entropy coefficient depends on it (exact resume)
+        state["entropy_control"] = ctx.entropy_control.state()
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
