@@ -275,9 +275,27 @@ class RLConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: Annotated[str, OneOf(("torch", "vllm"))] = "torch"
-    """Rollout engine: "torch" (the in-process KV-cache sampler, CPU or one GPU) or "vllm" (GPU only,
-    imported only when chosen)."""
+    engine: Annotated[str, OneOf(("torch", "vllm", "ray"))] = "torch"
+    """Rollout engine: "torch" (the in-process KV-cache sampler, CPU or one GPU), "vllm" (GPU only,
+    imported only when chosen) or "ray" (ray_workers Ray actors, each with its own policy copy and a
+    torch engine; rollout/ray_engine.py)."""
+    # -- Ray (read only when engine = "ray"; see rollout/ray_engine.py) ----------------------------
+    ray_workers: Annotated[int, Range(lo=1)] = 2
+    """Rollout worker actors; each samples a contiguous share of the step's prompts."""
+    ray_threads: Annotated[int, Range(lo=1)] = 1
+    """torch threads per rollout worker."""
+    ray_address: Annotated[str, Text()] = ""
+    """"" starts a local Ray; "auto" or "ray://host:10001" joins an existing cluster."""
+    ray_verifiers: Annotated[int, Range(lo=0)] = 0
+    """Verifier worker actors scoring the completions (rewards/verifier_pool.py); 0 = score in the
+    trainer process. Works with every engine (it starts Ray at ray_address)."""
+    max_staleness: Annotated[int, Range(lo=0)] = 0
+    """Asynchronous rollouts (train/pipeline.py, engine = "ray"): generation of step s + k is sent
+    before step s trains, so rollouts are sampled up to k weight updates behind; 0 = synchronous."""
+    stale_policy: Annotated[str, OneOf(("resample", "drop", "keep"))] = "resample"
+    """A group sampled more than max_staleness updates behind (only after a resume or a late sync):
+    "resample" it with the current weights, "drop" it, or "keep" it (its importance weights correct
+    the lag); each is counted in the step's metrics (stale_groups, stale_resampled / _dropped / _kept)."""
     # -- vLLM (read only when engine = "vllm"; see rollout/vllm_engine.py) --------------------------
     vllm_placement: Annotated[str, OneOf(("colocate", "separate"))] = "colocate"
     """"colocate": vLLM shares the trainer's GPU (in-process, gpu_memory_utilization of it, sleeping
@@ -313,8 +331,8 @@ class RolloutConfig:
     temperature_params: dict[str, Any] = field(default_factory=dict)
     """Keyword parameters of the schedule (hapo: tau 0.05, pivot 0.8, signed true)."""
     auto_is_correction: bool = True
-    """With engine = "vllm" and rl.is_correction left at "none", the resolved config uses "tis"
-    (truncated importance sampling of the sampler/trainer mismatch); false keeps "none"."""
+    """With engine = "vllm" or max_staleness > 0 and rl.is_correction left at "none", the resolved config
+    uses "tis" (truncated importance sampling of the sampler/trainer mismatch); false keeps "none"."""
 
 
 @dataclass

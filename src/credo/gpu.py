@@ -92,6 +92,10 @@ def resolve_rollout_defaults(cfg) -> list[str]:
         cfg.rl.is_correction = "tis"
         notes.append("rl.is_correction = \"tis\" (the vLLM default: vLLM's logprobs differ from the "
                      "trainer's; set rollout.auto_is_correction = false to keep \"none\")")
+    if cfg.rollout.max_staleness > 0 and cfg.rl.is_correction == "none" and cfg.rollout.auto_is_correction:
+        cfg.rl.is_correction = "tis"
+        notes.append(f"rl.is_correction = \"tis\" (rollout.max_staleness {cfg.rollout.max_staleness}: rollouts lag "
+                     f"the trainer; set rollout.auto_is_correction = false to keep \"none\")")
     return notes
 
 
@@ -106,4 +110,12 @@ def make_engine(cfg, model, tokenizer, source: str | None, dtype: torch.dtype | 
 
         return VLLMEngine(model, tokenizer, VLLMSettings.from_config(cfg.rollout), source=source,
                           work_dir=work_dir, seed=cfg.run.seed)
-    raise CredoError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: torch, vllm")
+    if cfg.rollout.engine == "ray":
+        from credo.rollout.ray_engine import RayEngine, WorkerSpec
+
+        spec = WorkerSpec(cfg.model.name, seed=cfg.run.seed, autocast_dtype=dtype,
+                          fp32_lm_head=cfg.model.fp32_lm_head, threads=cfg.rollout.ray_threads)
+        engine = RayEngine(spec, workers=cfg.rollout.ray_workers, address=cfg.rollout.ray_address)
+        engine.load_weights(model, version=0)  # the workers evaluate the base model with the trainer's weights
+        return engine
+    raise CredoError(f"unknown rollout.engine {cfg.rollout.engine!r}; valid: torch, vllm, ray")

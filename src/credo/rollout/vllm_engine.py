@@ -65,6 +65,7 @@ import torch
 
 from credo.errors import CredoError
 from credo.rollout.base import Completion, SamplingParams
+from credo.rollout.weights import named_weights, request_seed
 
 VLLM_INSTALL_HINT = 'install the GPU extra: pip install -e ".[gpu]"'
 TORCH_TO_VLLM_DTYPE = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -106,15 +107,6 @@ class VLLMSettings:
                    weight_sync_bucket_mb=rollout.weight_sync_bucket_mb)
 
 
-def request_seed(seed: int, index: int) -> int:
-    """The vLLM seed of prompt `index` in a call seeded `seed`: deterministic, distinct per prompt,
-    in [0, 2**31) (every vLLM version accepts it). splitmix64 of (seed, index)."""
-    x = (int(seed) * 0x9E3779B97F4A7C15 + int(index) + 1) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-    return (x ^ (x >> 31)) % (2**31)
-
-
 def vllm_sampling_params(vllm, sampling: SamplingParams, n: int, seed: int, eos_ids: Sequence[int]):
     """credo's SamplingParams -> vllm.SamplingParams for one prompt (n samples, its own seed)."""
     return vllm.SamplingParams(
@@ -148,34 +140,6 @@ def sampled_logprobs(output) -> list[float]:
         item = entry.get(int(token)) if entry else None
         out.append(float(item.logprob) if item is not None else float("nan"))
     return out
-
-
-def is_peft_model(model) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def vllm_param_name(name: str) -> str | None:
-    """A trainer parameter name -> the Hugging Face name vLLM's load_weights expects; None = skip
-    (peft's own lora_* tensors and the frozen originals of modules_to_save)."""
-    if "lora_" in name or "original_module" in name:
-        return None
-    name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-    return name.replace("modules_to_save.default.", "").replace("_checkpoint_wrapped_module.", "")
-
-
-def named_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """(vLLM name, tensor) of every parameter to sync. Tied weights appear once (named_parameters
-    de-duplicates them; vLLM skips lm_head when the embeddings are tied). LoRA: merged weights."""
-    if is_peft_model(model):
-        from credo.lora import merged_weights
-
-        for name, tensor in merged_weights(model):
-            yield vllm_param_name(name), tensor
-        return
-    for name, param in model.named_parameters():
-        mapped = vllm_param_name(name)
-        if mapped is not None:
-            yield mapped, param.detach()
 
 
 def buckets(weights: Iterator[tuple[str, torch.Tensor]], limit_bytes: int) -> Iterator[list]:

@@ -301,7 +301,14 @@ class RLContext:
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
     temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too
+    verifier: Any = None  # rollout.ray_verifiers > 0: rewards/verifier_pool.py::VerifierPool
+    rollouts: Any = None  # rollout.max_staleness with the ray engine (train/pipeline.py::RolloutPipeline)
     entropy_control: Any = None  # rl.entropy_control (objectives/entropy_control.py): the moving entropy coefficient
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of RL step `step` of a run seeded `seed`."""
+    return seed * 1_000_003 + step
 
 
 def scoring_model(ctx: RLContext) -> torch.nn.Module:
@@ -310,17 +317,17 @@ def scoring_model(ctx: RLContext) -> torch.nn.Module:
     return ctx.model if ctx.dist is None else ctx.dist.scoring_model
 
 
-def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float):
-    """Flatten groups of completions and score them; returns (completions, scores, group_ids, errors)."""
-    completions, scores, group_ids, errors = [], [], [], 0
-    for g, (example, group) in enumerate(zip(examples, groups)):
-        for completion in group:
-            score, raised = safe_score(task, completion.text, example, error_reward)
-            completions.append(completion)
-            scores.append(score)
-            group_ids.append(g)
-            errors += raised
-    return completions, scores, group_ids, errors
+def score_groups(task: Task, groups, examples: Sequence[Example], error_reward: float, verifier: Any = None):
+    """Flatten groups of completions and score them; returns (completions, scores, group_ids, errors).
+    verifier (rollout.ray_verifiers, rewards/verifier_pool.py): score in its worker processes instead."""
+    completions = [c for group in groups for c in group]
+    group_ids = [g for g, group in enumerate(groups) for _ in group]
+    pairs = [(c.text, examples[g]) for c, g in zip(completions, group_ids)]
+    if verifier is not None:
+        results = verifier.score(pairs)
+    else:
+        results = [safe_score(task, text, example, error_reward) for text, example in pairs]
+    return completions, [score for score, _ in results], group_ids, sum(raised for _, raised in results)
 
 
 def rollout_groups(ctx: RLContext, examples: Sequence[Example], prompt_ids: Sequence[int], seed: int):
@@ -335,7 +342,7 @@ def rollout_groups(ctx: RLContext, examples: Sequence[Example], prompt_ids: Sequ
         return [], [], [], [], [], 0
     groups = generate_groups(ctx.engine, ctx.tokenizer, ctx.task, examples, prompts, ctx.group_size, ctx.sampling,
                              seed, ctx.max_prompt_tokens)
-    return (examples, list(prompt_ids), *score_groups(ctx.task, groups, examples, ctx.error_reward))
+    return (examples, list(prompt_ids), *score_groups(ctx.task, groups, examples, ctx.error_reward, ctx.verifier))
 
 
 def wants_grad_norms(credit: Callable) -> bool:
@@ -501,10 +508,19 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         slots = [k for i, k in enumerate(slots) if i not in drop]
         if not examples:
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0}
-    groups = sample_groups(ctx, examples, prompts, slots, ctx.seed * 1_000_003 + step)
+    stale: dict[str, float] = {}
+    if ctx.rollouts is not None:  # sent ahead (rollout.max_staleness, train/pipeline.py)
+        groups, keep, stale = ctx.rollouts.collect(step, prompts)
+        if len(keep) < len(examples):  # rollout.stale_policy "drop"
+            examples, prompts = [examples[i] for i in keep], [prompts[i] for i in keep]
+            prompt_ids, slots = [prompt_ids[i] for i in keep], [slots[i] for i in keep]
+            if not examples:
+                return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **stale}
+    else:
+        groups = sample_groups(ctx, examples, prompts, slots, step_seed(ctx.seed, step))
     t_gen = time.perf_counter()
     maybe_die("rollout")
-    completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward)
+    completions, scores, group_ids, errors = score_groups(ctx.task, groups, examples, ctx.error_reward, ctx.verifier)
     selection = {} if ctx.dynamic_sampling is None else ctx.dynamic_sampling(  # DAPO: mixed groups only, refilled
         ctx, step, examples, prompt_ids, completions, scores, group_ids, errors)
     if selection:
@@ -547,7 +563,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         update.update(critic_update(ctx.critic, ctx.critic_optimizer, batch, returns, ctx.critic_settings,
                                     generator, ctx.settings.autocast_dtype, **several))
     t_sync = time.perf_counter()
-    ctx.engine.load_weights(scoring_model(ctx), version=step + 1)  # weight sync: the next rollout samples these
+    # weight sync: the next rollout samples these (sent ahead: without waiting for generations in flight)
+    ctx.engine.load_weights(scoring_model(ctx), version=step + 1, **({} if ctx.rollouts is None else {"wait": False}))
     t_end = time.perf_counter()
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     gen_tokens = float(lengths.sum())
@@ -569,6 +586,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         **turn_metrics(completions),
         **outcome_counts(scores),  # code tasks: sandbox outcomes of this step's completions
         **selection,
+        **stale,
+        **({"rollout_worker_rss_mb": ctx.engine.worker_rss_mb} if hasattr(ctx.engine, "worker_rss_mb") else {}),
         "gen_time": t_gen - t0,
         "update_time": t_end - t_gen,
         "step_time": t_end - t0,

@@ -54,7 +54,10 @@ from credo.train.logging import LineProgress, MetricsWriter, plot_curves, read_m
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
-from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, rollout_groups
+from credo.train.evaluate import encode_prompts, safe_score, too_long
+from credo.train.pipeline import RolloutPipeline
+from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, rollout_groups, step_seed
+from credo.rollout.multiturn import is_multiturn
 from credo.rewards.length import overlong_shaping
 from credo.select import DynamicSampling
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
@@ -139,6 +142,28 @@ def check_method_params(cfg: TrainConfig) -> None:
             check(effective_params(fn, common if fn is OBJECTIVES.get(cfg.rl.objective) else {}, extra or {}), cfg)
 
 
+def check_scale_out(cfg: TrainConfig) -> None:
+    """The Ray engine, verifier workers and asynchronous rollouts: the combinations not built yet."""
+    ro = cfg.rollout
+    if ro.engine == "ray" and cfg.dist.strategy != "none":
+        raise CredoError(f"rollout.engine \"ray\" with dist.strategy {cfg.dist.strategy!r} is not built yet (one "
+                         f"worker pool per rank); use dist.strategy none or rollout.engine \"torch\"")
+    if ro.max_staleness > 0:
+        if ro.engine != "ray":
+            raise CredoError(f"rollout.max_staleness {ro.max_staleness} (asynchronous rollouts) needs rollout.engine "
+                             f"\"ray\" (workers holding their own weights); rollout.engine is {ro.engine!r}")
+        from credo.tasks import TASKS
+
+        task = TASKS._items.get(cfg.task.name)  # (an unknown name is reported where the task is built)
+        if task is not None and is_multiturn(task):
+            raise CredoError(f"rollout.max_staleness {ro.max_staleness} with the multi-turn task {cfg.task.name!r} is "
+                             f"not built yet (turns are generated one engine call at a time); use max_staleness 0")
+        for field, on in (("rl.dynamic_sampling", cfg.rl.dynamic_sampling), ("rl.spo_prioritized", cfg.rl.spo_prioritized)):
+            if on:  # refill rounds / prompt choice depend on the current step's results
+                raise CredoError(f"rollout.max_staleness {ro.max_staleness} with {field} = true is not built yet "
+                                 f"(the prompts of a step sent ahead must be known in advance); set one of them off")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Resolve every name early, so a typo fails before minutes of loading and evaluation."""
     check_ranges(cfg)  # every field's marker (config.py): ranges, choices, non-empty names
@@ -158,6 +183,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rollout.engine == "vllm" and cfg.dist.strategy != "none":
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
+    check_scale_out(cfg)
     if cfg.rollout.temperature_schedule != "none":
         TEMPERATURE_SCHEDULES.get(cfg.rollout.temperature_schedule)
         if cfg.rollout.engine != "torch":
@@ -234,6 +260,7 @@ class Run:
     world: World = SINGLE  # torch.distributed: this rank (credo/dist/); rank 0 writes the run folder
     placement: Any = None  # several ranks: the wrapped policy and reference (credo/dist/wrap.py)
     lora: Any = None  # model.lora_rank > 0: credo.lora.LoRAPolicy (adapters injected into `model`)
+    verifier: Any = None  # rollout.ray_verifiers > 0: rewards/verifier_pool.py::VerifierPool (set by rl_context)
 
     def saved(self) -> dict[str, Any]:
         """What a checkpoint saves as its model: peft's adapters only with LoRA, else the model."""
@@ -399,6 +426,11 @@ def rl_context(run: Run) -> RLContext:
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
     sampling = run.sampling if schedule is None else dataclasses.replace(run.sampling, temperature_fn=schedule)
+    if run.cfg.rollout.ray_verifiers > 0 and run.verifier is None:  # scoring in Ray worker processes
+        from credo.rewards.verifier_pool import VerifierPool
+
+        run.verifier = VerifierPool(run.task, safe_score, workers=run.cfg.rollout.ray_verifiers,
+                                    error_reward=RLContext.error_reward, address=run.cfg.rollout.ray_address)
     return RLContext(model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, sampling, rl.group_size, settings, run.cfg.run.seed,
                      max_prompt_tokens=max_prompt_tokens(run.model, run.sampling, run.engine), credit_name=rl.credit,
@@ -406,7 +438,7 @@ def rl_context(run: Run) -> RLContext:
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
                      seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule,
-                     entropy_control=entropy_control)
+                     entropy_control=entropy_control, verifier=run.verifier)
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
@@ -445,6 +477,35 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
                     credit_state=None if ctx.credit_protocol is None else ctx.credit_protocol.save(ctx.credit_state))
 
 
+def uses_pipeline(run: Run) -> bool:
+    """An engine that can send generations ahead (Ray) always goes through the pipeline, k = 0 included,
+    unless the step's prompts cannot be known in advance (prioritised or refilled prompts at k = 0)."""
+    cfg = run.cfg
+    if not callable(getattr(run.engine, "submit", None)) or is_multiturn(run.task):
+        return cfg.rollout.max_staleness > 0  # (> 0: rollout_pipeline refuses it with a clear error)
+    return cfg.rollout.max_staleness > 0 or not (cfg.rl.spo_prioritized or cfg.rl.dynamic_sampling)
+
+
+def rollout_pipeline(run: Run, ctx: RLContext, examples_of) -> RolloutPipeline:
+    """Asynchronous rollouts (train/pipeline.py): the future steps' prompts, encoded and length-filtered
+    exactly as `rl_step` does it."""
+    if is_multiturn(run.task):
+        raise CredoError(f"rollout.max_staleness > 0 with the multi-turn task {run.cfg.task.name!r} is not built yet "
+                         f"(turns are generated one engine call at a time); use rollout.max_staleness 0")
+
+    def plan(step: int):
+        examples = examples_of(step)
+        encoded = encode_prompts(run.tokenizer, run.task, examples)
+        drop = set(too_long(encoded, ctx.max_prompt_tokens))
+        return ([e for i, e in enumerate(examples) if i not in drop],
+                [p for i, p in enumerate(encoded) if i not in drop])
+
+    return RolloutPipeline(run.engine, max_staleness=run.cfg.rollout.max_staleness,
+                           stale_policy=run.cfg.rollout.stale_policy, group_size=ctx.group_size,
+                           sampling=ctx.sampling, plan=plan, step_seed=lambda t: step_seed(ctx.seed, t),
+                           last_step=run.cfg.rl.steps)
+
+
 def rl_stage(run: Run) -> None:
     """The RL loop over steps, then evaluation and the final checkpoint."""
     rl = run.cfg.rl
@@ -454,6 +515,13 @@ def rl_stage(run: Run) -> None:
     prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
     bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
+
+    def schedule(step: int) -> list[int]:  # the prompt ids of a step (deterministic: no tracker weights)
+        pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
+        return scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
+
+    if uses_pipeline(run):  # generations sent ahead (k = rollout.max_staleness; k = 0 sends each in its step)
+        ctx.rollouts = rollout_pipeline(run, ctx, lambda t: [prompts[k] for k in schedule(t)])
     sampled = run.model if run.placement is None else run.placement.rollout_model  # (dist: the plain copy)
     run.engine.load_weights(sampled, version=first)  # the weights RL starts from (warm-up or resume)
     t = time.perf_counter()
@@ -472,8 +540,9 @@ def rl_stage(run: Run) -> None:
             weights = ctx.credit_protocol.sampling_weights(ctx.credit_state, torch.arange(len(prompts)))
             ids = prioritized_prompt_ids(step, rl.prompts_per_step, weights, run.cfg.run.seed)
         else:
-            pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
-            ids = scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
+            ids = schedule(step)
+        if ctx.rollouts is not None:  # asynchronous rollouts: send steps step .. step + k ahead
+            ctx.rollouts.fill(step)
         lo, hi = shard_bounds(len(ids), run.world.rank, run.world.world_size)  # whole groups per rank
         metrics = rl_step(ctx, step, [prompts[k] for k in ids[lo:hi]], ids[lo:hi], range(lo, hi))
         metrics = reduce_metrics(run.world, metrics, rows=(hi - lo) * rl.group_size)
@@ -533,4 +602,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         rl_stage(run)
         return finish(run, started)
     finally:
+        if "run" in locals() and callable(getattr(run.engine, "shutdown", None)):
+            run.engine.shutdown()  # Ray actors (rollout/ray_engine.py) do not outlive the run
+        if "run" in locals() and run.verifier is not None:
+            run.verifier.shutdown()
         teardown_world(world)
