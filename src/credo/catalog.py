@@ -59,6 +59,7 @@ def catalog_markdown() -> str:
         "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n\n"
         "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n\n"
         "## Adaptive sampling temperatures (`rollout.temperature_schedule`)\n\n" + markdown(schedule_entries()) + "\n\n"
+        "## Group samplers (`rollout.sampler`)\n\n" + markdown(sampler_entries()) + "\n\n"
         "## Entropy control (`rl.entropy_control`)\n\n" + markdown(entropy_control_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
@@ -81,6 +82,13 @@ def schedule_entries() -> list[Entry]:
     from credo.rollout.temperature import CATALOG
 
     return sorted(CATALOG, key=lambda e: e.name)
+
+
+def sampler_entries() -> list[Entry]:
+    """The rows of the group samplers (rollout/samplers.py)."""
+    from credo.rollout.samplers import SAMPLERS_CATALOG
+
+    return sorted(SAMPLERS_CATALOG, key=lambda e: e.name)
 
 
 def entropy_control_entries() -> list[Entry]:
@@ -119,6 +127,7 @@ def print_catalog(what: str = "all") -> None:
     if what in ("all", "corrections"):
         print("\nimportance-sampling corrections (rl.is_correction):\n" + table(correction_entries()))
     if what in ("all", "samplers"):
+        print("\ngroup samplers (rollout.sampler):\n" + table(sampler_entries()))
         print("\nadaptive sampling temperatures (rollout.temperature_schedule):\n" + table(schedule_entries()))
     if what in ("all", "entropy"):
         print("\nentropy control (rl.entropy_control):\n" + table(entropy_control_entries()))

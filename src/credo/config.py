@@ -279,6 +279,12 @@ class RolloutConfig:
     """Rollout engine: "torch" (the in-process KV-cache sampler, CPU or one GPU), "vllm" (GPU only,
     imported only when chosen) or "ray" (ray_workers Ray actors, each with its own policy copy and a
     torch engine; rollout/ray_engine.py)."""
+    sampler: Annotated[str, OneOf(("independent", "tree"))] = "independent"
+    """How the rl.group_size completions of a prompt are drawn in RL steps (rollout/samplers.py):
+    "independent" samples; "tree" = SPO-tree's segment tree (branching at every segment_len tokens;
+    rl.group_size must equal prod(branching)). Evaluation always samples independently."""
+    sampler_params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of the sampler (tree: branching [2, 2], segment_len 30)."""
     # -- Ray (read only when engine = "ray"; see rollout/ray_engine.py) ----------------------------
     ray_workers: Annotated[int, Range(lo=1)] = 2
     """Rollout worker actors; each samples a contiguous share of the step's prompts."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 
@@ -475,11 +476,51 @@ def tempo_loop(inputs: CreditInputs, *, lam: float = 1.0, eps: float = 1e-6, sca
 # -- what training hands this estimator (credit/providers.py) ----------------------------------------
 
 
+def tree_from_meta(loss_mask: torch.Tensor, rewards: torch.Tensor, group_ids: torch.Tensor,
+                   metas: Sequence[dict]) -> list[TreeNode]:
+    """The tree the tree sampler drew (rollout/samplers.py::TreeSampler), from each row's meta.
+
+    loss_mask [B, T], rewards [B], group_ids [B], metas[b] with "tree_path" (sibling index per depth),
+    "tree_segment_len" (M) and "tree_duplicate" -> list[TreeNode]. Row b's depth-d segment is its loss
+    tokens [d M, (d + 1) M); the internal node (g, path[:d + 1]) sits in the first row reaching it, each
+    row's last segment is its leaf (reward = the row's). Duplicate rows (an early leaf's copies, no
+    trainable token) are not in the tree. Unlike `tree_from_prefixes`, two siblings that sampled the same
+    tokens stay two nodes, as in the sampled tree."""
+    tree: list[TreeNode] = []
+    roots: dict[int, int] = {}
+    internal: dict[tuple, int] = {}
+    for b, pos in enumerate(_loss_positions(loss_mask)):
+        meta = metas[b]
+        if meta.get("tree_duplicate"):
+            continue
+        g, path, m = int(group_ids[b]), list(meta["tree_path"]), int(meta["tree_segment_len"])
+        if g not in roots:
+            roots[g] = len(tree)
+            tree.append(TreeNode(parent=-1))
+        parent = roots[g]
+        for d in range(len(path) - 1):  # the segments before the row's last: shared internal nodes
+            key = (g, tuple(path[:d + 1]))
+            if key not in internal:
+                s, e = d * m, min((d + 1) * m, len(pos))
+                internal[key] = len(tree)
+                tree.append(TreeNode(parent=parent, row=b, start=pos[s], end=pos[e - 1] + 1) if e > s
+                            else TreeNode(parent=parent, row=b, start=0, end=0))
+            parent = internal[key]
+        s = (len(path) - 1) * m
+        span = (pos[s], pos[-1] + 1) if len(pos) > s else (0, 0)
+        tree.append(TreeNode(parent=parent, row=b, start=span[0], end=span[1], reward=float(rewards[b])))
+    return tree
+
+
 @provides_extras(spo_tree)
-def spo_tree_from_tokens(ctx: StepContext) -> dict:
-    """No sampled tree: the estimator builds it from the group's shared token prefixes (fixed segment
-    length), so the trainer passes nothing extra."""
-    return {}
+def spo_tree_from_sampler(ctx: StepContext) -> dict:
+    """With the tree sampler (rollout.sampler = "tree"): the sampled tree, from the completions' meta.
+    Without it: nothing, and the estimator builds the tree from the group's shared token prefixes."""
+    metas = [c.meta for c in ctx.completions]
+    if not metas or not all("tree_path" in m for m in metas):
+        return {}
+    b = ctx.batch
+    return {"tree": tree_from_meta(b.loss_mask, b.rewards, b.group_ids, metas)}
 
 
 CATALOG = [
@@ -487,7 +528,7 @@ CATALOG = [
           "Segment Policy Optimization (arXiv 2505.23564)", "confirmed", "logprobs, probe (MC continuations)"),
     Entry("spo_tree", "segment tree over a group; edge A = V(child) - V(parent) (rloo) or / std (grpo)",
           "Segment Policy Optimization (arXiv 2505.23564)", "confirmed",
-          "extras['tree'] or tokens with shared M-token prefixes; groups"),
+          "the sampled tree (rollout.sampler tree) or tokens with shared M-token prefixes; groups"),
     Entry("tempo", "GRPO advantage + TD term at branch tokens of the group's token trie",
           "Exploiting Tree Structure for Credit Assignment in RL Training of LLMs (arXiv 2509.18314)",
           "reconstructed", "tokens, groups"),

@@ -44,7 +44,7 @@ Definitions shared by both families (what the benchmark calls ground truth):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Hashable
+from typing import Hashable, Sequence
 
 import numpy as np
 
@@ -222,6 +222,34 @@ class ChainTask:
         ctx = pids[:, None] * L + np.arange(L)[None, :]
         choices = policy.sample(ctx, rng)
         return self.build(policy, pids, choices, rng)
+
+    def sample_tree(self, policy: TabularPolicy, branching: Sequence[int], segment_len: int,
+                    rng: np.random.Generator) -> Sample:
+        """Groups of G = prod(branching) rows drawn as SPO-tree's tree (rollout/samplers.py::TreeSampler on
+        this chain): depth d < D-1 samples slots [d M, (d + 1) M) once per node and copies them to the
+        node's rows, the last depth samples the remaining slots per row. The rows of a node are contiguous;
+        `state["tree_meta"]` holds each row's path (credit/segments.py::tree_from_meta)."""
+        c = self.config
+        L, P = c.n_slots, c.n_prompts
+        G = int(np.prod(branching))
+        pids = np.repeat(np.arange(P), G)
+        ctx = pids[:, None] * L + np.arange(L)[None, :]
+        choices = np.zeros((P * G, L), dtype=np.int64)
+        r = np.arange(P * G) % G
+        paths = np.zeros((P * G, len(branching)), dtype=np.int64)
+        for d, k in enumerate(branching):
+            block = G // int(np.prod(branching[:d + 1]))  # rows under one depth-d node
+            paths[:, d] = (r // block) % k
+            lo, hi = d * segment_len, (L if d == len(branching) - 1 else min(L, (d + 1) * segment_len))
+            if hi <= lo:
+                continue
+            heads = np.flatnonzero(r % block == 0)  # one row per node draws, its block copies
+            drawn = policy.sample(ctx[heads, lo:hi], rng)
+            choices[:, lo:hi] = np.repeat(drawn, block, axis=0)
+        sample = self.build(policy, pids, choices, rng)
+        sample.state["tree_meta"] = [{"tree_path": [int(x) for x in row], "tree_segment_len": segment_len,
+                                      "tree_duplicate": False} for row in paths]
+        return sample
 
     def build(self, policy: TabularPolicy, pids: np.ndarray, choices: np.ndarray, rng: np.random.Generator,
               group_ids: np.ndarray | None = None) -> Sample:

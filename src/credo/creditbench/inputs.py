@@ -252,9 +252,16 @@ def _capo(ctx: BenchContext) -> dict:
 
 @extras_adapter("spo_tree")
 def _spo_tree(ctx: BenchContext) -> dict:
-    """No tree sampler here: the estimator builds the tree from the group's shared token prefixes
-    (run.HPARAMS sets segment_len to the benchmark's scale)."""
-    return {}
+    """The sampled tree where the task drew one (ChainTask.sample_tree, run.TREE_SAMPLED); otherwise
+    nothing, and the estimator builds the tree from the group's shared token prefixes."""
+    metas = ctx.sample.state.get("tree_meta")
+    if metas is None:
+        return {}
+    from credo.credit.segments import tree_from_meta
+
+    s = ctx.sample
+    return {"tree": tree_from_meta(torch.as_tensor(s.loss_mask), torch.as_tensor(s.rewards, dtype=torch.float32),
+                                   torch.as_tensor(s.group_ids), metas)}
 
 
 @extras_adapter("brpo")

@@ -91,10 +91,30 @@ class Settings:
 
 QUICK = Settings(seeds=(0, 1), group_size=4, metric_batches=1, train_iters=5)
 
+# estimators defined with their own sampler: sampled that way where the task can (the chain tasks'
+# `sample_tree`); the key-value world has no tree sampler and samples independently
+TREE_SAMPLED: dict[str, dict] = {"spo_tree": {"segment_len": 3}}
+
+
+def tree_branching(group_size: int) -> list[int]:
+    """Binary branching where G is a power of two (G = 8: [2, 2, 2], depth 3 as the official trees), else [G]."""
+    depth = int(math.log2(group_size)) if group_size > 1 else 0
+    return [2] * depth if depth and 2 ** depth == group_size else [group_size]
+
+
+def draw(task, name: str, group_size: int, policy, rng: np.random.Generator):
+    """A batch of the task for estimator `name`: its tree sampler where it has one, else independent groups."""
+    tree = TREE_SAMPLED.get(name)
+    if tree is not None and hasattr(task, "sample_tree"):
+        return task.sample_tree(policy, tree_branching(group_size), tree["segment_len"], rng)
+    return task.sample(policy, group_size, rng)
+
+
 # per-estimator hyperparameter overrides (none: every estimator runs with its paper defaults)
 HPARAMS: dict[str, dict] = {
-    # SPO-tree's published segment length (30+ tokens) exceeds these responses (5-30 tokens): cut the
-    # tree every 3 tokens instead (with no tree sampler, shared prefixes come from the group's rows).
+    # SPO-tree's published segment length (30+ tokens) exceeds these responses (5-30 tokens): its tree
+    # sampler cuts every 3 tokens instead (TREE_SAMPLED); where no tree is sampled (key-value), shared
+    # prefixes of the group's rows are cut at the same length.
     "spo_tree": {"segment_len": 3},
     # A chain step is one token, which is also its step-end token: PURE's separator masking would zero
     # every token (a real response ends a step with a separator it does not train on).
@@ -140,7 +160,7 @@ def run_one(name: str, fn: Callable, knob: Knob, seed: int, settings: Settings) 
     hp = HPARAMS.get(name)
     per_batch = []
     for i in range(settings.metric_batches):
-        sample = task.sample(policy, settings.group_size, np.random.default_rng([seed, 100, i]))
+        sample = draw(task, name, settings.group_size, policy, np.random.default_rng([seed, 100, i]))
         inputs, _ = builder.build(name, fn, sample, policy, ref, np.random.default_rng([seed, 101, i]))
         per_batch.append(credit_metrics(advantages(fn, inputs, hp), sample))
     out = {k: float(np.nanmean([m[k] for m in per_batch])) if any(not math.isnan(m[k]) for m in per_batch)
@@ -152,7 +172,7 @@ def run_one(name: str, fn: Callable, knob: Knob, seed: int, settings: Settings) 
     it = 0
     while compute < budget:
         it += 1
-        sample = task.sample(policy, settings.group_size, np.random.default_rng([seed, 200, it]))
+        sample = draw(task, name, settings.group_size, policy, np.random.default_rng([seed, 200, it]))
         inputs, cost = builder.build(name, fn, sample, policy, ref, np.random.default_rng([seed, 201, it]))
         adv = advantages(fn, inputs, hp)
         compute += sum(cost.values())

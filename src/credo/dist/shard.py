@@ -46,11 +46,13 @@ def sample_groups(ctx, examples: Sequence, prompts: Sequence[Sequence[int]], slo
 
     dist = ctx.dist
     common = (ctx.engine, ctx.tokenizer, ctx.task)
+    sampler = getattr(ctx, "sampler", None)  # rollout.sampler (rollout/samplers.py); None = independent
     if ctx.seed_per_prompt:
         groups = []
         for example, prompt, slot in zip(examples, prompts, slots):
             groups += generate_groups(*common, [example], [prompt], ctx.group_size, ctx.sampling,
-                                      prompt_seed(step_seed, slot), ctx.max_prompt_tokens)
+                                      prompt_seed(step_seed, slot), ctx.max_prompt_tokens, sampler=sampler)
         return groups
     seed = step_seed if dist is None else rank_seed(step_seed, dist.world.rank)
-    return generate_groups(*common, examples, prompts, ctx.group_size, ctx.sampling, seed, ctx.max_prompt_tokens)
+    return generate_groups(*common, examples, prompts, ctx.group_size, ctx.sampling, seed, ctx.max_prompt_tokens,
+                           sampler=sampler)

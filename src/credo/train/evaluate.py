@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 from credo.rewards.code import outcome_counts
 from credo.rollout.base import RolloutEngine, SamplingParams
@@ -83,13 +83,16 @@ def too_long(prompts: Sequence[Sequence[int]], max_prompt_tokens: int | None) ->
 
 def generate_groups(engine: RolloutEngine, tokenizer, task: Task, examples: Sequence[Example],
                     prompts: Sequence[Sequence[int]], n: int, sampling: SamplingParams, seed: int,
-                    max_prompt_tokens: int | None = None) -> list[list]:
-    """n completions per prompt: one engine call for single-turn tasks; the turn-by-turn driver
-    (rollout/multiturn.py) for tasks with an environment (reset / step), whose completions hold the
-    whole transcript with environment tokens marked untrainable."""
+                    max_prompt_tokens: int | None = None, sampler: Any = None) -> list[list]:
+    """n completions per prompt: one engine call for single-turn tasks (or the group sampler's calls,
+    rollout.sampler, rollout/samplers.py); the turn-by-turn driver (rollout/multiturn.py) for tasks with
+    an environment (reset / step), whose completions hold the whole transcript with environment tokens
+    marked untrainable."""
     from credo.rollout.multiturn import generate_multiturn, is_multiturn
 
     if not is_multiturn(task):
+        if sampler is not None:
+            return sampler.generate(engine, tokenizer, prompts, n, sampling, seed)
         return engine.generate(prompts, n, sampling, seed=seed)
     context = None if max_prompt_tokens is None else max_prompt_tokens + sampling.max_new_tokens
     return generate_multiturn(engine, tokenizer, task, examples, prompts, n, sampling, seed,

@@ -301,6 +301,7 @@ class RLContext:
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
     temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too
+    sampler: Any = None  # rollout.sampler (rollout/samplers.py): how a prompt's group is drawn; None = independent
     verifier: Any = None  # rollout.ray_verifiers > 0: rewards/verifier_pool.py::VerifierPool
     rollouts: Any = None  # rollout.max_staleness with the ray engine (train/pipeline.py::RolloutPipeline)
     entropy_control: Any = None  # rl.entropy_control (objectives/entropy_control.py): the moving entropy coefficient
@@ -341,7 +342,7 @@ def rollout_groups(ctx: RLContext, examples: Sequence[Example], prompt_ids: Sequ
     if not examples:
         return [], [], [], [], [], 0
     groups = generate_groups(ctx.engine, ctx.tokenizer, ctx.task, examples, prompts, ctx.group_size, ctx.sampling,
-                             seed, ctx.max_prompt_tokens)
+                             seed, ctx.max_prompt_tokens, sampler=ctx.sampler)
     return (examples, list(prompt_ids), *score_groups(ctx.task, groups, examples, ctx.error_reward, ctx.verifier))
 
 

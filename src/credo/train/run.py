@@ -58,6 +58,7 @@ from credo.train.evaluate import encode_prompts, safe_score, too_long
 from credo.train.pipeline import RolloutPipeline
 from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, rollout_groups, step_seed
 from credo.rollout.multiturn import is_multiturn
+from credo.rollout.samplers import make_sampler
 from credo.rewards.length import overlong_shaping
 from credo.select import DynamicSampling
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
@@ -184,6 +185,12 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     check_scale_out(cfg)
+    sampler = make_sampler(cfg.rollout.sampler, cfg.rollout.sampler_params)  # (rollout/samplers.py)
+    if sampler is not None:
+        sampler.check(cfg.rl.group_size, cfg.sampling.max_new_tokens)
+        if cfg.rollout.max_staleness > 0:
+            raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} with rollout.max_staleness > 0 is not built yet "
+                             f"(the pipeline sends plain generations ahead); use max_staleness 0")
     if cfg.rollout.temperature_schedule != "none":
         TEMPERATURE_SCHEDULES.get(cfg.rollout.temperature_schedule)
         if cfg.rollout.engine != "torch":
@@ -438,7 +445,8 @@ def rl_context(run: Run) -> RLContext:
                      critic_settings=critic_settings, credit_protocol=protocol, credit_state=credit_state,
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
                      seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule,
-                     entropy_control=entropy_control, verifier=run.verifier)
+                     entropy_control=entropy_control, verifier=run.verifier,
+                     sampler=make_sampler(run.cfg.rollout.sampler, run.cfg.rollout.sampler_params))
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
@@ -481,7 +489,7 @@ def uses_pipeline(run: Run) -> bool:
     """An engine that can send generations ahead (Ray) always goes through the pipeline, k = 0 included,
     unless the step's prompts cannot be known in advance (prioritised or refilled prompts at k = 0)."""
     cfg = run.cfg
-    if not callable(getattr(run.engine, "submit", None)) or is_multiturn(run.task):
+    if not callable(getattr(run.engine, "submit", None)) or is_multiturn(run.task) or cfg.rollout.sampler != "independent":
         return cfg.rollout.max_staleness > 0  # (> 0: rollout_pipeline refuses it with a clear error)
     return cfg.rollout.max_staleness > 0 or not (cfg.rl.spo_prioritized or cfg.rl.dynamic_sampling)
 
