@@ -297,3 +297,48 @@ def test_bupo_unwired_warns_and_trains_the_final_policy_with_grpo():
     assert terms.per_token[0, 1:].tolist() == pytest.approx([-1.2, -0.5], rel=1e-5)
     assert terms.per_token[1, 1].item() == pytest.approx(10.0, rel=1e-5)
     assert terms.metrics["bupo_internal"].item() == 0.0
+
+
+def test_bupo_switches_to_the_final_policy_after_iterative_steps(tiny_policy):
+    """Phase 1 (internal layer) before step iterative_steps, phase 2 (final-policy GRPO, equal to
+    ppo_clip_per_token on the final logprobs) from it on; the trainer binds rl_step (wants_step)."""
+    from credo.objectives.base import wants_step
+    from credo.objectives.grpo import grpo_loss, ppo_clip_per_token
+
+    model = tiny_policy.model
+    out, batch = tiny_batch(model)
+    objective = wire_internal_policy(bupo_loss, model)
+    assert wants_step(objective) and not wants_step(grpo_loss)
+    with torch.no_grad():
+        early = objective(out.logprobs, batch, outputs=out, layer=1, iterative_steps=2, rl_step=1)
+        late = objective(out.logprobs, batch, outputs=out, layer=1, iterative_steps=2, rl_step=2)
+        always = objective(out.logprobs, batch, outputs=out, layer=1, iterative_steps=None, rl_step=99)
+    assert early.metrics["bupo_internal"].item() == 1.0 and always.metrics["bupo_internal"].item() == 1.0
+    assert late.metrics["bupo_internal"].item() == 0.0
+    plain = ppo_clip_per_token(out.logprobs, batch.behaviour_logprobs, batch.advantages, batch.loss_mask,
+                               clip_low=0.2, clip_high=0.2, dual_clip=10.0)
+    assert torch.equal(late.per_token, plain.per_token)
+    # phase 1 moves only the layers up to l = 1; phase 2 moves the last layer too
+    for step, last_layer_moves in ((1, False), (2, True)):
+        model.zero_grad(set_to_none=True)
+        out, batch = tiny_batch(model)
+        terms = objective(out.logprobs, batch, outputs=out, layer=1, iterative_steps=2, rl_step=step)
+        reduce_loss(terms.per_token, batch.loss_mask, "token_mean").backward()
+        moved = any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.base_model.layers[1].parameters())
+        assert moved == last_layer_moves
+    model.zero_grad(set_to_none=True)
+
+
+def test_the_trainer_runs_both_bupo_phases_in_one_run(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from credo.tasks import TASKS
+
+    sys.path.insert(0, str(Path(__file__).parent))  # the shared fixtures module (import mode is importlib)
+    from fixture_tasks import ParityTask, tiny_run as run
+
+    monkeypatch.setitem(TASKS._items, "parity", ParityTask)
+    rl = run(tmp_path, "bupo", "--rl.objective", "bupo", "--rl.objective_params",
+             '{"iterative_steps": 1, "layer": 1}')
+    assert [r["bupo_internal"] for r in rl] == [1.0, 0.0]

@@ -76,6 +76,12 @@ def wants_outputs(fn: Callable) -> bool:
     return "outputs" in inspect.signature(fn).parameters
 
 
+def wants_step(fn: Callable) -> bool:
+    """True when the objective takes the `rl_step` keyword: the trainer binds the index of the RL step
+    being trained before each update (a schedule of the method's own, e.g. BuPO's two phases)."""
+    return "rl_step" in inspect.signature(fn).parameters
+
+
 def checks(check: Callable[[dict, object], None]) -> Callable:
     """Attach a hyperparameter check to an objective: check(params, cfg) raises CredoError for values
     the method cannot run with. params are the effective keyword hyperparameters (defaults updated by

@@ -273,8 +273,8 @@ def wire_internal_policy(objective: Callable, model: torch.nn.Module, *, final_n
     How the trainer wires BuPO (credo.train.run.rl_context does this for any objective taking lm_head):
         objective = bind_params(OBJECTIVES.get("bupo"), common, params, "objective")
         objective = wire_internal_policy(objective, run.model, temperature=settings.temperature)
-    and, for the paper's schedule, switch the objective to "grpo" after `iterative_steps` RL steps.
-    `needs` survives the partial (needs_of unwraps it).
+    The two-phase schedule is the objective's own (`iterative_steps`, with the `rl_step` the trainer
+    binds). `needs` survives the partial (needs_of unwraps it).
     """
     bound: dict = {"lm_head": model.get_output_embeddings(), "temperature": temperature}
     if final_norm:
@@ -310,8 +310,11 @@ def bupo_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     dual_clip: float | None = 10.0,
+    iterative_steps: int | None = 30,
+    rl_step: int | None = None,
 ) -> LossTerms:
-    """BuPO phase 1 (InterGRPO): the GRPO/PPO clipped loss on an internal layer's policy.
+    """BuPO: the GRPO/PPO clipped loss on an internal layer's policy (phase 1, InterGRPO) for the first
+    `iterative_steps` RL steps, then on the final policy (phase 2, plain GRPO), in one run.
 
     logprobs [B, T] (final layer; unused once wired); outputs.hidden_states (tuple of [B, T, C],
     embeddings first); uses batch.advantages, batch.tokens, batch.loss_mask -> LossTerms(per_token [B, T]).
@@ -320,8 +323,11 @@ def bupo_loss(
     and L_t = min(L_t, -A c) where A < 0 (dual clip c)
     Only the layers up to l (and the shared embeddings / head) receive gradient: the residual stream
     at layer l does not depend on later layers. BuPO optimises this for the first `iterative_steps`
-    RL steps (30 in the official script), then plain GRPO on the final policy; the schedule is the
-    trainer's (switch the objective to "grpo"), not this function's.
+    RL steps (30 in the official script), then plain GRPO on the final policy: the trainer binds
+    `rl_step` (the RL step being trained, objectives/base.py::wants_step) before every update, and from
+    rl_step >= iterative_steps on this loss is `ppo_clip_per_token` on the final-layer logprobs
+    (bupo_internal = 0 in the metrics). iterative_steps None keeps phase 1 for the whole run; a call
+    without rl_step (a direct call) is phase 1.
     Defaults (official BuPO_qwen3.sh): internal_layer k = 5 (0-based) = hidden_states[6] -> layer 6
     (k = 6 for Qwen3-8B), clip 0.2 / 0.2, dual clip 10, token-mean, no KL, temperature 1.0.
     Wiring: lm_head (and norm) are the model's callables, bound by `wire_internal_policy`; the trainer
@@ -341,8 +347,10 @@ def bupo_loss(
     third-party walkthrough; the custom model file was not available).
     """
     mask = batch.loss_mask
-    if lm_head is None:
-        _warn_unwired()
+    phase_two = iterative_steps is not None and rl_step is not None and rl_step >= iterative_steps
+    if lm_head is None or phase_two:
+        if lm_head is None:
+            _warn_unwired()
         terms = ppo_clip_per_token(logprobs, batch.behaviour_logprobs, batch.advantages, mask,
                                    clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip)
         terms.metrics["bupo_internal"] = torch.tensor(0.0)
@@ -382,7 +390,8 @@ CATALOG = [
           "detached current policy; reduction token_mean",
           "NLPO / RL4LMs (arXiv 2210.01241)", "reconstructed", "full_logprobs"),
     Entry("bupo", "GRPO on an internal layer policy softmax(head(norm(h_l))) (layer 6); needs the model's head "
-          "bound by wire_internal_policy, else GRPO on the final policy; early-training phase only",
+          "bound by wire_internal_policy) for the first iterative_steps (30) RL steps, then GRPO on the final "
+          "policy, in one run",
           "Bottom-up Policy Optimization (arXiv 2512.19673)", "reconstructed",
           "groups; hidden_states; model head (wire_internal_policy)"),
 ]

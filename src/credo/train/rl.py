@@ -21,7 +21,7 @@ from credo.batch import RolloutBatch, broadcast_advantages, build_batch
 from credo.errors import CredoError
 from credo.faults import maybe_die
 from credo.logprobs import OUTPUT_NEEDS, policy_outputs, token_logprobs
-from credo.objectives.base import needs_of, wants_outputs
+from credo.objectives.base import needs_of, wants_outputs, wants_step
 from credo.objectives.reduce import reduce_loss
 from credo.rollout.base import RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
@@ -551,7 +551,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     several = {} if ctx.dist is None else {"dist": ctx.dist}  # (torch.distributed ranks)
     if callable(getattr(ctx.engine, "offload", None)):  # colocated vLLM frees its GPU memory
         ctx.engine.offload()
-    update = ppo_update(ctx.model, ctx.optimizer, batch, ctx.objective, ctx.settings, generator, grad_stats,
+    objective = functools.partial(ctx.objective, rl_step=step) if wants_step(ctx.objective) else ctx.objective
+    update = ppo_update(ctx.model, ctx.optimizer, batch, objective, ctx.settings, generator, grad_stats,
                         entropy_control=ctx.entropy_control, **several)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
