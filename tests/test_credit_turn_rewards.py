@@ -309,9 +309,11 @@ def test_loop_equals_vectorized(fn, loop, hp, seed):
 
 
 def test_registered_and_declared_needs():
-    for name in ("siop", "calm", "lare", "oprl", "sotopia_rl"):
+    for name in ("siop", "calm", "lare", "sotopia_rl"):
         fn = CREDIT.get(name)
         assert is_token_level(fn) and credit_needs_of(fn) == {"steps", "step_rewards"}, name
+    # OPRL's implicit PRM compares against the recomputed behaviour logprobs (pi_old)
+    assert credit_needs_of(CREDIT.get("oprl")) == {"steps", "step_rewards", "logprobs"}
     assert credit_needs_of(CREDIT.get("drpo")) == {"logprobs"}
 
 

@@ -3,6 +3,7 @@
 = one-by-one, cache) and `rl.judge` in a tiny training run."""
 
 import itertools
+import math
 import random
 import sys
 from pathlib import Path
@@ -318,3 +319,88 @@ def test_information_gain_provider_matches_a_direct_computation(tiny):
     assert got[0].tolist() == pytest.approx([p1 - p0, p2 - p1], abs=1e-5)
     assert torch.isnan(got[1]).all()  # a row without turns has no turn rewards
     assert sources.counters["signal_forward_rows"] == 3
+
+
+# -- OPRL's implicit PRM trained online (judges/implicit.py) ------------------------------------------
+
+
+def _pair_batch(policy):
+    from credo.batch import build_batch
+    from credo.rollout import SamplingParams, TorchEngine
+
+    engine = TorchEngine(policy.model, policy.tokenizer)
+    groups = engine.generate([[1, 50, 60], [1, 70]], 3, SamplingParams(max_new_tokens=5), seed=2)
+    flat = [c for g in groups for c in g]
+    return build_batch(flat, [1.0, 0.0, 0.0, 1.0, 1.0, 1.0], [0, 0, 0, 1, 1, 1], pad_id=0)
+
+
+def test_the_implicit_prm_learns_the_step_preferences_and_round_trips():
+    """Pairs: group 0 has (0 > 1), (0 > 2); group 1 is uniform (none). After a few updates pi_phi ranks
+    the winner above the losers (its log ratio to pi_old), and export / restore gives the same model."""
+    from credo.credit.turn_rewards import oprl_prm_loss
+    from credo.judges.implicit import ImplicitPRM
+    from credo.models import load_policy
+
+    policy = load_policy("tiny", seed=0)
+    batch = _pair_batch(policy)
+    with torch.no_grad():
+        old = token_logprobs_of(policy.model, batch)
+    prm = ImplicitPRM(policy.model, beta=1.0, lr=1e-3, updates=5)
+    # pi_phi starts as the policy: its log ratio is 0, the loss log 2 and no pair is ranked right yet
+    metrics = prm.update(batch, old)
+    assert metrics["prm_pairs"] == 2.0 and metrics["prm_accuracy"] == 0.0
+    ratio = ((prm.token_logprobs(batch) - old) * batch.loss_mask).sum(-1)
+    assert ratio[0] > ratio[1] and ratio[0] > ratio[2]
+    seq = (prm.token_logprobs(batch) * batch.loss_mask).sum(-1)
+    assert float(oprl_prm_loss(seq, (old * batch.loss_mask).sum(-1), [(0, 1), (0, 2)], beta=1.0)) < math.log(2)
+    for p in policy.model.parameters():  # the policy itself is untouched
+        assert p.grad is None
+    meta, tensors = prm.export()
+    again = ImplicitPRM(policy.model, beta=1.0, lr=1e-3, updates=5)
+    again.restore(meta, tensors)
+    assert torch.equal(again.token_logprobs(batch), prm.token_logprobs(batch)) and again.steps == 1
+    assert prm.update(batch, old) == again.update(batch, old)  # same AdamW moments: the same next step
+
+
+def token_logprobs_of(model, batch):
+    from credo.logprobs import token_logprobs
+
+    return token_logprobs(model, batch.tokens, batch.attention_mask, batch.loss_mask)
+
+
+def test_oprl_trains_its_implicit_prm_in_a_run_and_resumes_exactly(tmp_path, monkeypatch):
+    import json
+    import shutil
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    from credo.cli import main
+    from credo.tasks import TASKS
+    from credo.train.logging import read_metrics
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixture_tasks import ParityTask
+
+    monkeypatch.setitem(TASKS._items, "parity", ParityTask)
+    args = ["train", "--preset", "tiny", "--run.out_dir", str(tmp_path), "--run.progress", "false", "--rl.steps", "3",
+            "--run.eval_base", "false", "--task.name", "parity", "--task.eval_size", "4", "--warmup.steps", "1",
+            "--model.threads", "1", "--run.checkpoint_every", "1", "--rl.credit", "oprl",
+            "--rl.credit_params", '{"prm_lr": 1e-3, "beta": 0.5}']
+    assert main(args + ["--run.name", "ref"]) == 0
+    ref = tmp_path / "ref"
+    rl = [r for r in read_metrics(ref / "metrics.jsonl") if r["phase"] == "rl"]
+    assert len(rl) == 3 and all("prm_pairs" in r for r in rl) and any(r["prm_pairs"] > 0 for r in rl)
+    state = json.loads((ref / "checkpoints" / "final" / "state.json").read_text())
+    assert state["method_state"]["oprl_prm"]["steps"] == 3
+    crash = tmp_path / "crash"
+    shutil.copytree(ref, crash)
+    for folder in (crash / "checkpoints").iterdir():
+        if folder.name not in ("warmup", "step_2"):
+            shutil.rmtree(folder)
+    (crash / "summary.json").unlink()
+    assert main(["train", "--resume", str(crash)]) == 0
+    for name in ("model/model.safetensors", "method_oprl_prm.safetensors"):
+        a, b = load_file(str(ref / "checkpoints" / "final" / name)), load_file(str(crash / "checkpoints" / "final" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -58,6 +58,7 @@ class CreditSources:
     dpo_model: str = ""
     cache: dict[str, Any] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=lambda: {"probe_rollouts": 0, "judge_calls": 0})
+    step_metrics: dict[str, float] = field(default_factory=dict)  # a provider's values for this step (not summed)
 
 
 @dataclass

@@ -24,6 +24,8 @@ import torch
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
+from credo.credit.providers import StepContext, provides_step_rewards
+from credo.credit.turn_rewards import oprl_step_rewards
 from credo.credit.turn_common import (
     F64, broadcast_loop, dense_ids, discounted, finish, group_moments, mean_std_loop, place, returns_loop, rows_of,
     turn_table, znorm, znorm_loop,
@@ -160,10 +162,15 @@ def lare_advantages_loop(inputs: CreditInputs, *, gamma: float = 1.0, eps: float
 
 
 @CREDIT.register("oprl")
-@token_level(needs=("steps", "step_rewards"))
+@token_level(needs=("steps", "step_rewards", "logprobs"))
 def oprl_advantages(inputs: CreditInputs, *, alpha: float = 1.0, eps: float = 1e-6, step_return: bool = False,
-                    gamma: float = 1.0) -> torch.Tensor:
+                    gamma: float = 1.0, beta: float = 0.1, prm_lr: float = 1e-6, prm_updates: int = 1) -> torch.Tensor:
     """OPRL: episode-level GRPO plus a group-normalised implicit-PRM step advantage.
+
+    In training the step rewards come from OPRL's implicit PRM pi_phi, trained online beside the policy
+    and checkpointed (`judges/implicit.py::ImplicitPRM`, created by this module's provider
+    `oprl_implicit_step_rewards`): beta, prm_lr and prm_updates are its parameters (the advantage
+    formula below does not read them).
 
     Reads rewards [B] (outcome from the verifier / ORM), group_ids [B], step_ids [B, T], step_rewards
     [B, K] (r_phi = beta sum_{t in step} log pi_phi / pi_old: `turn_rewards.oprl_step_rewards`)
@@ -189,7 +196,7 @@ def oprl_advantages(inputs: CreditInputs, *, alpha: float = 1.0, eps: float = 1e
 
 
 def oprl_advantages_loop(inputs: CreditInputs, *, alpha: float = 1.0, eps: float = 1e-6, step_return: bool = False,
-                         gamma: float = 1.0) -> torch.Tensor:
+                         gamma: float = 1.0, **_prm) -> torch.Tensor:
     """Readable reference for `oprl_advantages`."""
     rows = rows_of(inputs)
     xs = [returns_loop(row["r"], gamma) if step_return else row["r"] for row in rows]
@@ -240,6 +247,42 @@ def sotopia_rl_advantages_loop(inputs: CreditInputs, *, eps: float = 1e-6, scale
 
 
 # The catalog rows of this module's methods (`credo list`).
+# -- what training hands OPRL (credit/providers.py) -------------------------------------------------
+
+OPRL_PRM = "oprl_prm"  # its key in CreditSources.cache (checkpointed with the run: judges/implicit.py)
+
+
+@provides_step_rewards(oprl_advantages)
+def oprl_implicit_step_rewards(ctx: StepContext, step_ids: torch.Tensor, *, beta: float = 0.1, prm_lr: float = 1e-6,
+                               prm_updates: int = 1) -> torch.Tensor:
+    """step_rewards [B, K] from OPRL's implicit PRM, trained online: on the first call pi_phi is a copy of
+    the policy (or the checkpoint's, on resume); each step it first learns from the step's outcome
+    preference pairs, then scores the sampled tokens (PRIME's order), r_k = beta sum_{t in step k}
+    (log pi_phi - log pi_old), pi_old = the trainer's recomputed behaviour logprobs. PRM metrics (pairs,
+    loss, pre-update pair accuracy) go to the step's metrics through `sources.counters`."""
+    import torch.distributed as dist
+
+    from credo.errors import CredoError
+    from credo.judges.implicit import ImplicitPRM
+
+    src = ctx.sources
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        raise CredoError("rl.credit oprl with several ranks is not built yet (each rank would train its own "
+                         "implicit PRM); use dist.strategy none")
+    prm = src.cache.get(OPRL_PRM)
+    if prm is None:
+        prm = ImplicitPRM(src.model, beta=beta, lr=prm_lr, updates=prm_updates, micro_batch_size=src.micro_batch_size,
+                          autocast_dtype=src.autocast_dtype, temperature=src.temperature)
+        saved = src.cache.get("resumed_method_state", {}).get(OPRL_PRM)
+        if saved is not None:
+            prm.restore(*saved)
+        src.cache[OPRL_PRM] = prm
+    old = ctx.batch.behaviour_logprobs
+    metrics = prm.update(ctx.batch, old)
+    src.step_metrics.update(metrics)
+    return oprl_step_rewards(prm.token_logprobs(ctx.batch), old, step_ids, ctx.batch.loss_mask, beta=prm.beta)
+
+
 CATALOG = [
     Entry("siop", "cluster-weighted potential-difference turn rewards, z-normalised per prompt, summed to go",
           "Self-Induced Outcome Potential (arXiv 2605.04984)", "confirmed",
@@ -252,7 +295,7 @@ CATALOG = [
           "groups, turns, step_rewards (lare_decode of latent reward features)"),
     Entry("oprl", "GRPO outcome advantage + alpha * group-normalised implicit-PRM step reward",
           "Online Process Reward Learning for Agentic RL (arXiv 2509.19199)", "reconstructed",
-          "groups, steps, step_rewards (oprl_step_rewards: implicit PRM + frozen old policy)"),
+          "groups, steps, step_rewards (implicit PRM trained online beside the policy, checkpointed)"),
     Entry("sotopia_rl", "GRPO over the prompt group's utterance-level rewards (no accumulation)",
           "Sotopia-RL: Reward Design for Social Intelligence (arXiv 2508.03905)", "reconstructed",
           "groups, turns, step_rewards (utterance RM / attribution rewards)"),

@@ -9,6 +9,8 @@ Layout of `checkpoints/<name>/`:
   ref_model.safetensors  the frozen reference model, when the run has one
   credit_state.safetensors  the tensors of a stateful credit estimator's state (SPO's stored
                          responses); its JSON part (SPO's alpha / beta) is state.json's "credit_state"
+  method_<name>.safetensors  a credit provider's kept state (OPRL's implicit PRM: weights + AdamW moments,
+                         judges/implicit.py); its JSON part is state.json's "method_state"[name]
   state.json             counters (stage, RL step), optimizer hyperparameters, python / numpy RNG
                          scalars, task and method state (rl.snr_lr: "snr_lr", OBLR-PO's SNR EMA,
                          reference SNR, step count and the next step's lr scale; train/snr.py)
@@ -116,6 +118,7 @@ def save_checkpoint(
     critic_optimizer: torch.optim.Optimizer | None = None,
     state: dict[str, Any] | None = None,
     credit_state: tuple[dict[str, Any], dict[str, torch.Tensor]] | None = None,
+    method_state: dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]] | None = None,
 ) -> Path:
     """Write a complete checkpoint to `folder` atomically (see the module docstring)."""
     folder = Path(folder)
@@ -143,6 +146,9 @@ def save_checkpoint(
         meta, tensors = credit_state
         save_file(tensors, str(tmp / "credit_state.safetensors"))
         full_state["credit_state"] = meta
+    for name, (meta, tensors) in (method_state or {}).items():  # a credit provider's state (OPRL's PRM)
+        save_file(tensors, str(tmp / f"method_{name}.safetensors"))
+        full_state.setdefault("method_state", {})[name] = meta
     (tmp / "state.json").write_text(json.dumps(full_state, indent=1))
     files = sorted(p for p in tmp.rglob("*") if p.is_file())
     manifest = {str(p.relative_to(tmp)): _sha256(p) for p in files}
@@ -212,6 +218,17 @@ def load_credit_state(checkpoint: Checkpoint) -> tuple[dict[str, Any], dict[str,
     if not path.is_file():
         raise CredoError(f"checkpoint {checkpoint.folder} is missing credit_state.safetensors")
     return checkpoint.state["credit_state"], load_file(str(path))
+
+
+def load_method_state(checkpoint: Checkpoint) -> dict[str, tuple[dict[str, Any], dict[str, torch.Tensor]]]:
+    """name -> (JSON part, tensors) of the credit providers' states the checkpoint holds."""
+    out = {}
+    for name, meta in checkpoint.state.get("method_state", {}).items():
+        path = checkpoint.folder / f"method_{name}.safetensors"
+        if not path.is_file():
+            raise CredoError(f"checkpoint {checkpoint.folder} is missing {path.name}")
+        out[name] = (meta, load_file(str(path)))
+    return out
 
 
 def load_into(checkpoint: Checkpoint, *, model, optimizer=None, ref_model=None, critic=None,

@@ -145,6 +145,21 @@ def last_layer_attention(ctx: StepContext) -> torch.Tensor:
     return out
 
 
+def provider_params(provider: Callable, credit: Callable) -> dict[str, Any]:
+    """The estimator's hyperparameters its provider also takes (keyword-only parameters of the provider
+    with the same name): the bound value (rl.credit_params), else the estimator's default."""
+    import functools
+    import inspect
+
+    bound = dict(credit.keywords) if isinstance(credit, functools.partial) else {}
+    own = inspect.signature(credit.func if isinstance(credit, functools.partial) else credit).parameters
+    out = {}
+    for name, p in inspect.signature(provider).parameters.items():
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and name in own:
+            out[name] = bound.get(name, own[name].default)
+    return out
+
+
 def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> CreditInputs:
     """CreditInputs with every field the estimator declares, and nothing else."""
     needs = set(credit_needs_of(credit))
@@ -169,7 +184,7 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
         if "step_rewards" in needs:
             own_rewards = step_rewards_provider_of(credit)
             if own_rewards is not None:
-                fields["step_rewards"] = own_rewards(ctx, step_ids)
+                fields["step_rewards"] = own_rewards(ctx, step_ids, **provider_params(own_rewards, credit))
             elif multi_turn:
                 fields["step_rewards"] = turn_step_rewards(ctx.completions)
             else:

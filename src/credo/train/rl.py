@@ -393,6 +393,7 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
         batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, rows, ctx.settings)
     sources = ctx.credit_sources
     before = dict(sources.counters)
+    sources.step_metrics.clear()  # (what a provider reports for this step alone)
     inputs = build_credit_inputs(StepContext(sources, batch, completions, row_examples), ctx.credit, ctx.credit_name)
     advantages = ctx.credit(inputs)
     if inputs.step_ids is not None:  # segment objectives (F-GRPO's phases) read the same segmentation
@@ -405,7 +406,7 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
     advantages = torch.where(batch.loss_mask & ~bad, advantages.float(), torch.zeros_like(advantages, dtype=torch.float32))
     batch.advantages = advantages
     return {"credit_nonfinite": float(bad.sum()),
-            **{k: float(v - before.get(k, 0)) for k, v in sources.counters.items()}}
+            **{k: float(v - before.get(k, 0)) for k, v in sources.counters.items()}, **sources.step_metrics}
 
 
 @torch.no_grad()

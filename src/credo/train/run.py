@@ -47,7 +47,8 @@ from credo.objectives.distribution import wire_internal_policy
 from credo.rollout import RolloutEngine, SamplingParams
 from credo.rollout.temperature import TEMPERATURE_SCHEDULES, make_schedule
 from credo.tasks import make_task
-from credo.train.checkpoint import Checkpoint, load_credit_state, load_into, newest_complete, save_checkpoint
+from credo.train.checkpoint import (Checkpoint, load_credit_state, load_into, load_method_state, newest_complete,
+                                    save_checkpoint)
 from credo.train.evaluate import evaluate
 from credo.train.sampled_eval import evaluate_sampled, format_sampled
 from credo.train.logging import LineProgress, MetricsWriter, plot_curves, read_metrics, rewrite_metrics
@@ -421,6 +422,7 @@ def rl_context(run: Run) -> RLContext:
         if "entropy_control" not in run.resumed.state:
             raise CredoError(f"checkpoint {run.resumed.folder} has no state for rl.entropy_control")
         entropy_control.load_state(run.resumed.state["entropy_control"])
+    resumed_state = load_method_state(run.resumed) if resumed_rl else {}
     sources = CreditSources(
         model=plain, tokenizer=run.tokenizer, engine=run.engine, task=run.task, sampling=run.sampling,
         judge=(make_judge(rl.judge, seed=run.cfg.run.seed, noise=rl.judge_noise, bias=rl.judge_bias,
@@ -429,6 +431,8 @@ def rl_context(run: Run) -> RLContext:
         probe_samples=rl.probe_samples, temperature=settings.temperature, autocast_dtype=run.dtype,
         micro_batch_size=rl.micro_batch_size, critic=critic, phase_marker=rl.phase_marker,
         dpo_model=rl.dpo_model)
+    if resumed_state:  # a provider's model or state (OPRL's implicit PRM) picks its part up when it first runs
+        sources.cache["resumed_method_state"] = resumed_state
     critic_settings = CriticSettings(lr=rl.critic_lr, value_clip=rl.value_clip, epochs=rl.epochs,
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
@@ -463,6 +467,14 @@ def lora_state(run: Run) -> dict[str, Any]:
     return {} if run.lora is None else {"lora": run.lora.meta}
 
 
+def method_state(ctx: RLContext) -> dict[str, tuple[dict, dict]]:
+    """What a credit provider keeps across steps in its cache and can export (OPRL's implicit PRM):
+    name -> (JSON part, tensors), written into every RL checkpoint and handed back on resume."""
+    if ctx.credit_sources is None:
+        return {}
+    return {k: v.export() for k, v in ctx.credit_sources.cache.items() if callable(getattr(v, "export", None))}
+
+
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
     state = {"stage": "rl", "rl_step": steps_done}
     if ctx.snr_lr:  # the lr of the next step is lr_at(step) * this lr_scale (exact resume)
@@ -482,7 +494,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
                     optimizer=ctx.optimizer, ref_model=None if run.lora is not None else ctx.ref_model,
                     critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
                     state=state,
-                    credit_state=None if ctx.credit_protocol is None else ctx.credit_protocol.save(ctx.credit_state))
+                    credit_state=None if ctx.credit_protocol is None else ctx.credit_protocol.save(ctx.credit_state),
+                    method_state=method_state(ctx))
 
 
 def uses_pipeline(run: Run) -> bool:
