@@ -237,7 +237,8 @@ def test_llm_judge_batched_equals_one_by_one_and_caches(tiny):
 def test_llm_judge_templates_and_errors(tiny):
     assert set(TEMPLATES) == {"step", "critique", "subgoal", "attribution"}
     judge = LLMJudge(tiny.model, tiny.tokenizer)
-    q = judge.yes_probability("critique", [{"prompt": "What is 1+1?", "context": "<answer>2</answer>"}])
+    q = judge.yes_probability("critique", [{"prompt": "What is 1+1?", "context": "<answer>2</answer>", "index": "1",
+                                            "step": "<answer>2</answer>"}])
     assert 0.0 <= q[0] <= 1.0
     with pytest.raises(CredoError, match="unknown template"):
         LLMJudge(tiny.model, tiny.tokenizer, template="nope")
@@ -404,3 +405,96 @@ def test_oprl_trains_its_implicit_prm_in_a_run_and_resumes_exactly(tmp_path, mon
     for name in ("model/model.safetensors", "method_oprl_prm.safetensors"):
         a, b = load_file(str(ref / "checkpoints" / "final" / name)), load_file(str(crash / "checkpoints" / "final" / name))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+# --- the LLM judge's templates in the methods that ask them: CAPO, CALM, Sotopia-RL ---------------
+
+
+class AskedJudge:
+    """A model judge (has yes_probability) that records its questions and answers q from a list."""
+
+    low, high = -1.0, 1.0
+
+    def __init__(self, answers):
+        self.answers, self.asked = list(answers), []
+
+    def yes_probability(self, template, fields):
+        self.asked += [(template, dict(f)) for f in fields]
+        return [self.answers.pop(0) for _ in fields]
+
+
+def _ctx(tiny, judge, completions, rewards, prompts):
+    from credo.batch import build_batch
+    from credo.credit.providers import CreditSources, StepContext
+    from credo.tasks.base import Example
+
+    batch = build_batch(completions, rewards, list(range(len(completions))), pad_id=0)
+    sources = CreditSources(model=tiny.model, tokenizer=tiny.tokenizer, engine=None, task=None,
+                            sampling=SamplingParams(), judge=judge)
+    return StepContext(sources, batch, completions, [Example(prompt=p, answer="", demonstration="") for p in prompts]), batch
+
+
+def test_capo_asks_a_hindsight_critique_of_every_step(tiny):
+    from credo.credit import CREDIT
+    from credo.credit.process import capo_votes
+    from credo.credit.providers import step_rewards_provider_of
+    from credo.judges.synthetic import SyntheticJudge
+
+    tok = tiny.tokenizer
+    ids = tok.encode("a = 1\nb = 2\n<answer>3</answer>", add_special_tokens=False)
+    comp = Completion([1], ids, [0.0] * len(ids), [True] * len(ids), "stop", "")
+    judge = AskedJudge([0.9, 0.2, 0.6])
+    ctx, batch = _ctx(tiny, judge, [comp], [1.0], ["What is 1 + 2?"])
+    from credo.train.credit_inputs import line_steps
+
+    step_ids = line_steps(batch, tok)
+    provider = step_rewards_provider_of(CREDIT.get("capo"))
+    scores = provider(ctx, step_ids)
+    assert [t for t, _ in judge.asked] == ["critique"] * 3
+    solution = tok.decode(ids, skip_special_tokens=True)
+    assert all(f["context"] == solution and f["prompt"] == "What is 1 + 2?" for _, f in judge.asked)
+    assert [f["index"] for _, f in judge.asked] == ["1", "2", "3"] and judge.asked[1][1]["step"] == "b = 2"
+    assert scores[0].tolist() == pytest.approx([0.8, -0.6, 0.2])  # -1 + 2 q
+    assert capo_votes(scores)[0].tolist() == [0.0, 1.0, 0.0]  # one critique: q < 1/2 flags the step
+    ctx.sources.judge = SyntheticJudge()
+    assert provider(ctx, step_ids) is None  # the default source: the judge's own step scores
+
+
+def _turns(tok, parts):
+    """A multi-turn completion: [(action, observation)], actions trainable."""
+    ids, spans = [], []
+    for action, obs in parts:
+        a = tok.encode(action, add_special_tokens=False)
+        spans.append((len(ids), len(ids) + len(a)))
+        ids += a + tok.encode(obs, add_special_tokens=False)
+    return Completion([1], ids, [0.0] * len(ids), [True] * len(ids), "stop", "", {"turn_spans": spans})
+
+
+def test_calm_and_sotopia_ask_their_templates_per_turn(tiny):
+    from credo.credit import CREDIT
+    from credo.credit.providers import step_rewards_provider_of
+    from credo.judges.synthetic import SyntheticJudge
+
+    tok = tiny.tokenizer
+    comp = _turns(tok, [("<call>k1</call>", "\nk1 = 47\n"), ("<answer>47</answer>", "")])
+    judge = AskedJudge([0.9, 0.2])
+    ctx, _ = _ctx(tiny, judge, [comp], [1.0], ["Find k1."])
+    calm = step_rewards_provider_of(CREDIT.get("calm"))(ctx, None)
+    assert calm[0].tolist() == [1.0, 0.0]
+    (t0, f0), (_, f1) = judge.asked
+    assert t0 == "subgoal" and f0 == {"prompt": "Find k1.", "context": "(nothing yet)", "step": "<call>k1</call>"}
+    assert f1["context"] == tok.decode(comp.token_ids[:comp.meta["turn_spans"][1][0]], skip_special_tokens=True)
+    judge = AskedJudge([1.0, 0.4])
+    ctx, _ = _ctx(tiny, judge, [comp], [0.5], ["Find k1."])
+    sotopia = step_rewards_provider_of(CREDIT.get("sotopia_rl"))(ctx, None)
+    # attribution round(3 q) = 3, 1; goal score 10 R = 5: r = a / 3 * 5
+    assert sotopia[0].tolist() == pytest.approx([5.0, 5.0 / 3]) and judge.asked[0][0] == "attribution"
+    ctx.sources.judge = SyntheticJudge()
+    assert step_rewards_provider_of(CREDIT.get("calm"))(ctx, None) is None
+
+
+def test_capo_with_the_llm_judge_trains(tmp_path, tiny, parity):
+    tiny.model.save_pretrained(tmp_path / "judge")
+    tiny.tokenizer.save_pretrained(tmp_path / "judge")
+    rl = tiny_run(tmp_path, "capo_llm", "--rl.credit", "capo", "--rl.judge", f"llm:{tmp_path / 'judge'}")
+    assert all(row["judge_calls"] > 0 for row in rl)

@@ -30,7 +30,8 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, broadcast_steps, num_steps, step_sum, token_level
-from credo.credit.providers import transforms_step_rewards
+from credo.credit.providers import (StepContext, model_judge, nan_padded, provides_step_rewards,
+                                    transforms_step_rewards)
 from credo.credit.outcome import grpo_advantages, grpo_advantages_loop
 
 # -- shared pieces -------------------------------------------------------------------------------
@@ -491,6 +492,35 @@ def capo_votes(scores: torch.Tensor) -> torch.Tensor:
     return judge_wrong_fraction(scores)
 
 
+@provides_step_rewards(capo)
+def capo_critique_scores(ctx: StepContext, step_ids: torch.Tensor) -> torch.Tensor | None:
+    """With a model judge (rl.judge = "llm[:<folder>]"): CAPO's critic, which reads the WHOLE solution
+    and judges each step in hindsight (template "critique": problem, full solution, step k), one batched
+    call; scores low + (high - low) q in the judge's range, turned into the wrong-vote fraction by
+    `capo_votes` (one critique: q < 1/2 flags the step). The paper samples several generative critiques
+    and votes; a logprob judge gives one verdict per step (documented deviation). Other judges: None,
+    the default source (the judge's prefix-only step scores)."""
+    judge = model_judge(ctx)
+    if judge is None:
+        return None
+    tok, batch = ctx.sources.tokenizer, ctx.batch
+    fields, sizes = [], []
+    for b in range(len(batch)):
+        k = int(step_ids[b].max()) + 1
+        steps = [tok.decode(batch.tokens[b][step_ids[b] == j].tolist(), skip_special_tokens=True) for j in range(max(k, 0))]
+        solution = "".join(steps)
+        fields += [{"prompt": ctx.examples[b].prompt, "context": solution, "index": str(j + 1), "step": step.strip()}
+                   for j, step in enumerate(steps)]
+        sizes.append(len(steps))
+    ctx.sources.counters["judge_calls"] += len(fields)
+    q = judge.yes_probability("critique", fields) if fields else []
+    rows, at = [], 0
+    for n in sizes:
+        rows.append([judge.low + (judge.high - judge.low) * v for v in q[at:at + n]])
+        at += n
+    return nan_padded(rows)
+
+
 CATALOG = [
     Entry("pure", "min-form PRM credit: softmin-weighted step rewards, token-count RLOO baseline, verifier reward",
           _PURE_PAPER,
@@ -501,7 +531,8 @@ CATALOG = [
           "reconstructed", "groups, steps, step_rewards (PRM/judge in [-1, 1])"),
     Entry("capo", "GRPO advantage minus token penalties on steps a critique vote flags wrong",
           "CAPO: Towards Enhancing LLM Reasoning through Verifiable Generative Credit Assignment (arXiv 2508.02298)",
-          "reconstructed", "groups, steps, step_rewards (wrong-vote fraction in [0, 1])"),
+          "reconstructed", "groups, steps, step_rewards (wrong-vote fraction; rl.judge llm: one hindsight "
+          "critique per step over the whole solution)"),
     Entry("tp_grpo", "thought units (runs of equally judged steps) get +-c scaled by group accuracy, added to GRPO",
           "Good Learners Think Their Thinking: Generative PRM Makes Large Reasoning Model More Efficient Math "
           "Learner (arXiv 2507.23317)", "reconstructed", "groups, steps, step_rewards (GenPRM judge)"),

@@ -13,7 +13,10 @@ next to the estimator with one of three decorators:
                                             the judge's scores)
     @provides_step_rewards(my_estimator)    fn(StepContext, step_ids [B, T]) -> step_rewards [B, K]
                                             (a signal of the method's own instead of the judge's or
-                                            the environment's, e.g. IGPO's information gain)
+                                            the environment's, e.g. IGPO's information gain); it may
+                                            return None for "the default source" (e.g. when rl.judge
+                                            is the synthetic judge), and its keyword-only parameters
+                                            named like the estimator's get their bound values
 
 The registration is a mark on the estimator function itself (like `token_level`), so it survives
 `functools.partial` binding and a user's estimator loaded by dotted path can carry its own provider.
@@ -223,4 +226,51 @@ def continuation_mean_logprobs(ctx: StepContext, prefixes: Sequence[Sequence[int
             out.append(float(logp[at:at + len(t)].gather(1, tgt[:, None]).mean()))
             at += len(t)
         src.counters["signal_forward_rows"] = src.counters.get("signal_forward_rows", 0) + len(chunk)
+    return out
+
+
+def model_judge(ctx: StepContext):
+    """The run's judge when it is a model that answers templated questions (`judges/llm.py::LLMJudge`:
+    `yes_probability(template, fields)`), else None (synthetic judge, PRM, no judge)."""
+    judge = ctx.sources.judge
+    return judge if callable(getattr(judge, "yes_probability", None)) else None
+
+
+def turn_texts(ctx: StepContext) -> list[tuple[str, list[tuple[str, str]]]]:
+    """Per row of a multi-turn batch: (the example's prompt, [(transcript before turn k, action text of turn k)]),
+    from each completion's `turn_spans` (token spans of the policy's actions); rows without turns: []."""
+    tok = ctx.sources.tokenizer
+    out = []
+    for c, example in zip(ctx.completions, ctx.examples):
+        prompt = example.prompt
+        turns = [(tok.decode(list(c.token_ids[:start]), skip_special_tokens=True),
+                  tok.decode(list(c.token_ids[start:end]), skip_special_tokens=True))
+                 for start, end in c.meta.get("turn_spans", [])]
+        out.append((prompt, turns))
+    return out
+
+
+def judged_turn_probabilities(ctx: StepContext, template: str) -> list[list[float]]:
+    """q in [0, 1] per turn of every row: the model judge asked `template` (fields prompt, context =
+    the transcript before the turn, step = the turn's action) in one batched call; counted."""
+    judge = model_judge(ctx)
+    rows = turn_texts(ctx)
+    fields = [{"prompt": prompt, "context": before or "(nothing yet)", "step": action}
+              for prompt, turns in rows for before, action in turns]
+    ctx.sources.counters["judge_calls"] += len(fields)
+    flat = judge.yes_probability(template, fields) if fields else []
+    out, at = [], 0
+    for _, turns in rows:
+        out.append(flat[at:at + len(turns)])
+        at += len(turns)
+    return out
+
+
+def nan_padded(rows: Sequence[Sequence[float]]) -> torch.Tensor:
+    """[B, K] float32 from ragged rows, NaN past each row's end."""
+    k = max((len(r) for r in rows), default=0)
+    out = torch.full((len(rows), k), float("nan"), dtype=torch.float32)
+    for b, r in enumerate(rows):
+        if len(r):
+            out[b, : len(r)] = torch.tensor([float(x) for x in r], dtype=torch.float32)
     return out

@@ -24,8 +24,9 @@ import torch
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
-from credo.credit.providers import StepContext, provides_step_rewards
-from credo.credit.turn_rewards import oprl_step_rewards
+from credo.credit.providers import (StepContext, judged_turn_probabilities, model_judge, nan_padded,
+                                    provides_step_rewards)
+from credo.credit.turn_rewards import calm_subgoal_rewards, oprl_step_rewards, sotopia_utterance_rewards
 from credo.credit.turn_common import (
     F64, broadcast_loop, dense_ids, discounted, finish, group_moments, mean_std_loop, place, returns_loop, rows_of,
     turn_table, znorm, znorm_loop,
@@ -247,6 +248,40 @@ def sotopia_rl_advantages_loop(inputs: CreditInputs, *, eps: float = 1e-6, scale
 
 
 # The catalog rows of this module's methods (`credo list`).
+# -- what training hands CALM and Sotopia-RL (credit/providers.py) -------------------------------------
+
+
+@provides_step_rewards(calm_advantages)
+def calm_judged_subgoals(ctx: StepContext, step_ids: torch.Tensor) -> torch.Tensor | None:
+    """With a model judge (rl.judge = "llm[:<folder>]"): CALM's LLM verifies, for every turn, whether it
+    achieves a subgoal of the task (template "subgoal": task, transcript before the turn, the turn),
+    one batched call; a yes (q > 1/2) pays the bonus (`turn_rewards.calm_subgoal_rewards` with one
+    subgoal per turn, so a subgoal never pays twice). The paper first has the LLM decompose the task into
+    named subgoals; a yes/no judge does not name them (documented deviation). Other judges: None, the
+    default source (the environment's turn rewards)."""
+    if model_judge(ctx) is None:
+        return None
+    rows = [calm_subgoal_rewards([{(b, k)} if q > 0.5 else set() for k, q in enumerate(turns)])
+            for b, turns in enumerate(judged_turn_probabilities(ctx, "subgoal"))]
+    return nan_padded(rows)
+
+
+@provides_step_rewards(sotopia_rl_advantages)
+def sotopia_judged_attribution(ctx: StepContext, step_ids: torch.Tensor) -> torch.Tensor | None:
+    """With a model judge: Sotopia-RL's attribution of the episode's outcome to each utterance (template
+    "attribution": goal, conversation before the utterance, the utterance), one batched call; the
+    attribution a_k = round(3 q) in {0, 1, 2, 3} and the goal score 10 R (the outcome reward in [0, 1]
+    on the 0..10 scale) give r_k = a_k / 3 * 10 R (`turn_rewards.sotopia_utterance_rewards`). The paper's
+    attributor is a prompted GPT-4o scoring all utterances at once; here one yes/no question per
+    utterance (documented deviation). Other judges: None, the default source (the environment's turn
+    rewards)."""
+    if model_judge(ctx) is None:
+        return None
+    rows = [sotopia_utterance_rewards([int(round(3 * q)) for q in turns], 10.0 * float(ctx.batch.rewards[b]))
+            for b, turns in enumerate(judged_turn_probabilities(ctx, "attribution"))]
+    return nan_padded(rows)
+
+
 # -- what training hands OPRL (credit/providers.py) -------------------------------------------------
 
 OPRL_PRM = "oprl_prm"  # its key in CreditSources.cache (checkpointed with the run: judges/implicit.py)
@@ -289,7 +324,8 @@ CATALOG = [
           "groups, turns, step_rewards (siop_turn_rewards: NLI cluster ids + reference log-likelihoods)"),
     Entry("calm", "LLM-verified subgoal bonuses + outcome, SIOP-style turn advantage",
           "CALM: Credit Assignment with Language Models (arXiv 2409.12798)", "reconstructed",
-          "groups, turns, step_rewards (calm_subgoal_rewards from a judge LLM)"),
+          "groups, turns, step_rewards (rl.judge llm: its subgoal verdict per turn; otherwise the "
+          "environment's turn rewards stand in)"),
     Entry("lare", "least-squares-decoded latent proxy rewards, SIOP-style turn advantage",
           "Latent Reward: LLM-Empowered Credit Assignment (arXiv 2412.11120)", "reconstructed",
           "groups, turns, step_rewards (lare_decode of latent reward features)"),
@@ -298,5 +334,6 @@ CATALOG = [
           "groups, steps, step_rewards (implicit PRM trained online beside the policy, checkpointed)"),
     Entry("sotopia_rl", "GRPO over the prompt group's utterance-level rewards (no accumulation)",
           "Sotopia-RL: Reward Design for Social Intelligence (arXiv 2508.03905)", "reconstructed",
-          "groups, turns, step_rewards (utterance RM / attribution rewards)"),
+          "groups, turns, step_rewards (rl.judge llm: its attribution per utterance x 10 R; otherwise the "
+          "environment's turn rewards stand in)"),
 ]

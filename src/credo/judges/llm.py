@@ -15,7 +15,7 @@ votes; here a single forward pass reads the verdict instead of sampling critique
 | use           | question asked                                                                    |
 |---------------|-----------------------------------------------------------------------------------|
 | step          | is the next step of this solution correct?  (step-level credit: PURE, TP-GRPO, ...)|
-| critique      | is the solution correct as a whole? (CAPO-style verdict over the full solution)     |
+| critique      | is step k of this whole solution correct? (CAPO: the critic sees the full solution) |
 | subgoal       | does this turn achieve a subgoal of the task? (CALM-style subgoal check)            |
 | attribution   | did this utterance contribute to the outcome? (Sotopia-RL-style attribution)        |
 
@@ -40,7 +40,8 @@ from credo.errors import CredoError
 TEMPLATES: dict[str, str] = {
     "step": ("Problem: {prompt}\nSolution so far:\n{context}\nNext step: {step}\n\n"
              "Is the next step correct? Answer Yes or No."),
-    "critique": "Problem: {prompt}\nSolution:\n{context}\n\nIs this solution correct? Answer Yes or No.",
+    "critique": ("Problem: {prompt}\nSolution:\n{context}\n\nStep {index} of this solution: {step}\n\n"
+                 "Is step {index} correct? Answer Yes or No."),
     "subgoal": ("Task: {prompt}\nInteraction so far:\n{context}\nLatest turn: {step}\n\n"
                 "Does the latest turn achieve a subgoal of the task? Answer Yes or No."),
     "attribution": ("Conversation goal: {prompt}\nConversation:\n{context}\nUtterance: {step}\n\n"

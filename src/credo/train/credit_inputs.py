@@ -32,7 +32,7 @@ import torch
 from credo.batch import RolloutBatch
 from credo.credit.base import CreditInputs, credit_needs_of, steps_from_boundaries
 from credo.credit.providers import (CreditSources, StepContext, extras_provider_of, mc_probe,  # noqa: F401
-                                    step_reward_transform_of, step_rewards_provider_of, steps_provider_of,
+                                    nan_padded, step_reward_transform_of, step_rewards_provider_of, steps_provider_of,
                                     token_texts)
 from credo.logprobs import policy_outputs
 from credo.rollout.multiturn import turn_step_ids, turn_step_keys, turn_step_rewards
@@ -60,13 +60,6 @@ def step_texts(batch: RolloutBatch, step_ids: torch.Tensor, tokenizer) -> list[l
     return out
 
 
-def _nan_padded(rows: Sequence[Sequence[float]]) -> torch.Tensor:
-    k = max((len(r) for r in rows), default=0)
-    out = torch.full((len(rows), k), float("nan"), dtype=torch.float32)
-    for b, r in enumerate(rows):
-        if len(r):
-            out[b, : len(r)] = torch.tensor([float(x) for x in r], dtype=torch.float32)
-    return out
 
 
 def judged_step_rewards(ctx: StepContext, texts: list[list[str]]) -> torch.Tensor:
@@ -92,7 +85,7 @@ def judged_step_rewards(ctx: StepContext, texts: list[list[str]]) -> torch.Tenso
             rows.append(src.judge.score(example.prompt, steps, truth))
     src.counters["judge_calls"] += sum(len(steps) for steps in texts)
     src.counters["judge_seconds"] = src.counters.get("judge_seconds", 0.0) + time.perf_counter() - start
-    return _nan_padded(rows)
+    return nan_padded(rows)
 
 
 @torch.no_grad()
@@ -183,8 +176,9 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
         fields["step_ids"] = step_ids
         if "step_rewards" in needs:
             own_rewards = step_rewards_provider_of(credit)
-            if own_rewards is not None:
-                fields["step_rewards"] = own_rewards(ctx, step_ids, **provider_params(own_rewards, credit))
+            got = None if own_rewards is None else own_rewards(ctx, step_ids, **provider_params(own_rewards, credit))
+            if got is not None:  # (a provider returns None for "the default source")
+                fields["step_rewards"] = got
             elif multi_turn:
                 fields["step_rewards"] = turn_step_rewards(ctx.completions)
             else:
