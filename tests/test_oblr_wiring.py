@@ -161,13 +161,13 @@ def test_step_passes_logprob_norms_to_oblr_and_measures_minibatch_snr(tmp_path, 
     ctx.credit = functools.partial(spy)
     real_update = rl_module.ppo_update
 
-    def update_spy(model, optimizer, batch, *args):
+    def update_spy(model, optimizer, batch, *args, **kwargs):
         seen["old_at_entry"] = batch.old_logprobs
         seen["batch"] = batch
         with torch.no_grad():  # the policy that sampled the batch, before any optimizer step
             seen["fresh"] = token_logprobs(model, batch.tokens, batch.attention_mask, batch.loss_mask,
                                            temperature=ctx.settings.temperature)
-        return real_update(model, optimizer, batch, *args)
+        return real_update(model, optimizer, batch, *args, **kwargs)
 
     class Recording(GradSNR):
         def add(self, parameters):
