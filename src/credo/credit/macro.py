@@ -18,7 +18,8 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
-from credo.credit.providers import StepContext, mc_probe, provides_extras
+from credo.credit.providers import StepContext, provides_extras
+from credo.rollout.base import SamplingParams
 
 # -- MA-RLHF ---------------------------------------------------------------------------------------
 
@@ -472,6 +473,8 @@ def brpo(
     budget_probs: str | Sequence[float] | None = "base",
     variance_reduction: str = "brpo",
     discount_factor: float = 2.0,
+    budgets: int = 4,
+    summary_tokens: int = 32,
 ) -> torch.Tensor:
     """BRPO: budget-relative advantages for the thinking (CoT) tokens of each budget interval.
 
@@ -491,7 +494,8 @@ def brpo(
     are not produced here. With S = 1 and "brpo", A = R - group mean (Dr.GRPO-style).
     Defaults: budget_probs "base" (all mass on the largest budget, run_1.5b_8k.sh), "uniform" or an
     explicit list (e.g. linear: proportional to the budgets); variance_reduction "brpo";
-    discount_factor 2.0 (hard-coded upstream).
+    discount_factor 2.0 (hard-coded upstream). `budgets` (4) and `summary_tokens` (32) belong to the
+    training provider (`budget_probes`), which makes the extras.
     Degenerate: group of one -> V2 = 0; equal scores everywhere -> A = 0 under "brpo"; an empty
     response -> 0; non-finite scores raise.
     Needs: extras budget_scores and budget_positions (forced-summary probes at each budget; verifier).
@@ -566,24 +570,68 @@ def brpo_loop(
 
 # -- what training hands this estimator (credit/providers.py) ----------------------------------------
 
-BUDGET_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+SUMMARY_PREFIX = "\n<answer>"  # forced after the cut when the task names no `summary_prefix`
+
+
+def forced_summary_probe(ctx: StepContext, *, summary_tokens: int):
+    """probe(b, t) -> the mean score of `probe_samples` summaries forced after row b's kept thinking
+    tokens[b, :t]: the prompt and the kept tokens, then the task's `summary_prefix` ("\\n<answer>" by
+    default) as forced tokens, then at most `summary_tokens` sampled tokens; each summary is scored by
+    the task's verifier on the summary alone (the prefix's text after its newlines + the sampled text),
+    as AnytimeReasoner scores the answer written after `</think>`. Counted as `probe_rollouts`; a
+    verifier that raises scores 0 (model output never crashes training)."""
+    src, batch = ctx.sources, ctx.batch
+    prefix_text = getattr(src.task, "summary_prefix", SUMMARY_PREFIX)
+    forced = src.tokenizer.encode(prefix_text, add_special_tokens=False)
+    head = prefix_text.lstrip("\n")
+    params = SamplingParams(src.sampling.temperature, src.sampling.top_p, src.sampling.top_k, summary_tokens,
+                            src.sampling.stop)
+
+    def probe(b: int, t: int) -> float:
+        prefix = batch.tokens[b, :t].tolist() + forced
+        seed = hash(("summary", b, t, int(batch.tokens[b].sum()))) % (2**31)
+        summaries = src.engine.generate([prefix], src.probe_samples, params, seed=seed)[0]
+        scores = []
+        for summary in summaries:
+            try:
+                scores.append(float(src.task.score(head + summary.text, ctx.examples[b]).reward))
+            except Exception:  # a verifier must not crash training; score it as a failure
+                scores.append(0.0)
+        src.counters["probe_rollouts"] += len(summaries)
+        return sum(scores) / len(scores)
+
+    return probe
 
 
 @provides_extras(brpo)
-def budget_probes(ctx: StepContext) -> dict:
-    """BRPO's budgets: the response is cut at BUDGET_FRACTIONS of its length; each cut is scored by
-    Monte Carlo continuations from the cut (the forced answer; counted as probe rollouts), the full
-    response by its own reward. budget_scores [B, S], budget_positions [B, S] (tokens[b, :pos] kept)."""
-    batch, probe = ctx.batch, mc_probe(ctx)
-    B, S = len(batch), len(BUDGET_FRACTIONS)
-    scores = torch.zeros(B, S, dtype=torch.float32)
-    positions = torch.zeros(B, S, dtype=torch.long)
+def budget_probes(ctx: StepContext, *, budgets: int = 4, summary_tokens: int = 32) -> dict:
+    """BRPO's budgets and their forced summaries, in training.
+
+    Budgets b_s = round((s + 1) L / S), s = 0..S-1 (S = `budgets`, L = rollout.max_new_tokens: the
+    paper's n_budget_support budgets spread evenly over the generation length). Row g's thinking is
+    cut at c_{g,s} = prompt + min(b_s, len_g); r_{g,s} = the mean verifier score of probe_samples
+    summaries forced at the cut (`forced_summary_probe`), or the row's own reward when the trace ended
+    within the budget (it needs no summary). -> budget_scores [B, S], budget_positions [B, S] (the cut
+    as a position: tokens[g, :pos] kept).
+    Defaults: budgets 4 and probe_samples as n_summary (4 in the paper's main runs,
+    run_experiments.sh); summary_tokens 32 is this project's (short answers; assumption). The paper
+    also trains the summary tokens with their own group advantage; here only the thinking tokens are
+    trained (the summaries are probes, not trained sequences).
+    """
+    batch = ctx.batch
+    if budgets < 1 or summary_tokens < 1:
+        raise ValueError(f"brpo: budgets and summary_tokens must be >= 1, got {budgets}, {summary_tokens}")
+    probe = forced_summary_probe(ctx, summary_tokens=summary_tokens)
+    L = ctx.sources.sampling.max_new_tokens
+    B = len(batch)
+    scores = torch.zeros(B, budgets, dtype=torch.float32)
+    positions = torch.zeros(B, budgets, dtype=torch.long)
     for b, completion in enumerate(ctx.completions):
         start, length = len(completion.prompt_ids), len(completion.token_ids)
-        for s, frac in enumerate(BUDGET_FRACTIONS):
-            cut = start + int(round(frac * length))
-            positions[b, s] = cut
-            scores[b, s] = float(batch.rewards[b]) if cut >= start + length else probe(b, cut)
+        for s in range(budgets):
+            budget = int(round((s + 1) * L / budgets))
+            positions[b, s] = start + min(budget, length)
+            scores[b, s] = float(batch.rewards[b]) if budget >= length else probe(b, start + budget)
     return {"budget_scores": scores, "budget_positions": positions}
 
 
@@ -596,5 +644,6 @@ CATALOG = [
           "confirmed", "values (token-level critic), steps; step_rewards if reward='step'"),
     Entry("brpo", "CoT tokens per budget interval: budget-weighted return minus own-past / group baseline",
           "Optimizing Anytime Reasoning via Budget Relative Policy Optimization (arXiv 2505.13438)",
-          "confirmed", "extras budget_scores, budget_positions (forced summaries per budget)"),
+          "confirmed", "extras budget_scores, budget_positions (training: summaries forced after the thinking "
+          "cut at 4 budgets of max_new_tokens, probe_samples each)"),
 ]

@@ -18,6 +18,10 @@ next to the estimator with one of three decorators:
                                             is the synthetic judge), and its keyword-only parameters
                                             named like the estimator's get their bound values
 
+Every provider's keyword-only parameters named like the estimator's get their bound values
+(rl.credit_params, else the estimator's defaults; `train/credit_inputs.py::provider_params`): a
+producer's knobs (BRPO's budgets, MatchTIR's matching, SIOP's lam) sit in the estimator's signature.
+
 The registration is a mark on the estimator function itself (like `token_level`), so it survives
 `functools.partial` binding and a user's estimator loaded by dotted path can carry its own provider.
 The trainer (`train/credit_inputs.py`) never names a method: it asks `extras_provider_of(credit)`,

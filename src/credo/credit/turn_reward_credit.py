@@ -26,7 +26,9 @@ from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
 from credo.credit.providers import (StepContext, judged_turn_probabilities, model_judge, nan_padded,
                                     provides_step_rewards)
-from credo.credit.turn_rewards import calm_subgoal_rewards, oprl_step_rewards, sotopia_utterance_rewards
+from credo.credit.turn_rewards import (calm_subgoal_rewards, lare_decode, lare_fit_decoder, oprl_step_rewards,
+                                      pad_turn_rewards, siop_cluster_weights, siop_turn_rewards,
+                                      sotopia_utterance_rewards)
 from credo.credit.turn_common import (
     F64, broadcast_loop, dense_ids, discounted, finish, group_moments, mean_std_loop, place, returns_loop, rows_of,
     turn_table, znorm, znorm_loop,
@@ -71,7 +73,7 @@ def pooled_turn_advantages_loop(per_row: list[list[float]], groups: list[int], *
 
 @CREDIT.register("siop")
 @token_level(needs=("steps", "step_rewards"))
-def siop_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+def siop_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e-6, lam: float = 0.5) -> torch.Tensor:
     """SIOP: verifier-free turn credit from self-induced outcome potentials.
 
     Reads group_ids [B], step_ids [B, T], step_rewards [B, K] (r_k = q(c) (log p^_k - log p^_{k-1}),
@@ -80,7 +82,7 @@ def siop_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e
          pair of prompt x; std < eps -> 1; a prompt with <= 1 pair gets 0
     A_k = r~_k + gamma A_{k+1}, broadcast over turn k's tokens
     Defaults (`train_siop.sh`): gamma 1.0, eps 1e-6 (the advantage's; lam 0.5, eta 1.0 and
-    num_refs 3 belong to the producers).
+    num_refs 3 belong to the producers: lam is handed to `siop_self_induced_step_rewards` in training).
     Paper: "Self-Induced Outcome Potential: Turn-Level Credit Assignment for Agents without Verifiers"
     (arXiv 2605.04984). Status: confirmed (official `core_algos.py::compute_siop_turn_level_advantage`);
     zero-variance pools give exactly 0 here. Loop reference: `siop_advantages_loop`.
@@ -136,7 +138,7 @@ def calm_advantages_loop(inputs: CreditInputs, *, aux_coef: float = 1.0, gamma: 
 
 @CREDIT.register("lare")
 @token_level(needs=("steps", "step_rewards"))
-def lare_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e-6) -> torch.Tensor:
+def lare_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e-6, ridge: float = 1e-2) -> torch.Tensor:
     """LaRe: decoded latent-reward proxy rewards as turn rewards.
 
     Reads group_ids [B], step_ids [B, T], step_rewards [B, K] (r^_k = f(phi(s_k, a_k)), the decoder
@@ -146,7 +148,7 @@ def lare_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e
         pairs, then A_k = r~_k + gamma A_{k+1}).
     LaRe targets non-LLM policies (MuJoCo, MPE) trained on r^ by any RL algorithm; this group-relative
     turn advantage is the adaptation to critic-free LLM RL (assumption).
-    Defaults: gamma 1.0, eps 1e-6 (assumptions).
+    Defaults: gamma 1.0, eps 1e-6 (assumptions); ridge 1e-2 is the decoder's (`lare_latent_step_rewards`).
     Paper: "Latent Reward: LLM-Empowered Credit Assignment in Episodic Reinforcement Learning"
     (arXiv 2412.11120). Status: reconstructed. Loop reference: `lare_advantages_loop`.
     """
@@ -282,6 +284,93 @@ def sotopia_judged_attribution(ctx: StepContext, step_ids: torch.Tensor) -> torc
     return nan_padded(rows)
 
 
+# -- what training hands SIOP and LaRe (credit/providers.py) -----------------------------------------
+
+
+@provides_step_rewards(siop_advantages)
+def siop_self_induced_step_rewards(ctx: StepContext, step_ids: torch.Tensor, *, lam: float = 0.5) -> torch.Tensor:
+    """step_rewards [B, K]: SIOP's verifier-free turn rewards of each multi-turn rollout, in training.
+
+    Clusters: the rollouts' final answers (`task.final_answer(transcript, example)`) grouped by exact
+    string match within the prompt group, no answer -> no cluster; q(c) = |c| / K_valid
+    (`turn_rewards.siop_cluster_weights`, no evidence calibration). Potential after each turn: the
+    policy's mean token log-prob of the rollout's own cluster answer (one reference, num_refs 1) written
+    as the task answers ("<answer>" as context, the answer as target; `continuation_mean_logprobs`),
+    at the K_b + 1 contexts prompt, prompt + turns < k, ..., the whole transcript; the rewards are
+    `turn_rewards.siop_turn_rewards(q, ...)` with lam. The outcome reward is never read (SIOP's point).
+    The paper clusters with an NLI model and samples 3 references per cluster; a bundled 135M model has
+    no NLI head, so clusters are exact answers (the keyvalue answers are two-digit numbers, where the
+    two agree). Cost: sum_b (K_b + 1) forward rows for rows with an answer, counted.
+    Paper: "Self-Induced Outcome Potential" (arXiv 2605.04984).
+    """
+    from credo.credit.providers import continuation_mean_logprobs
+    from credo.credit.turns import turn_protocol
+
+    task = turn_protocol(ctx, "siop", "final_answer")
+    src = ctx.sources
+    answers = [task.final_answer(c.text, e) for c, e in zip(ctx.completions, ctx.examples)]
+    q = siop_cluster_weights(answers, [int(g) for g in ctx.batch.group_ids])
+    head = src.tokenizer.encode(getattr(task, "answer_prefix", "<answer>"), add_special_tokens=False)
+    prefixes, targets, owners = [], [], []
+    for b, c in enumerate(ctx.completions):
+        spans = c.meta.get("turn_spans", [])
+        if len(spans) > 1 and answers[b] is not None and q[b] > 0:  # (else the rewards need no potential)
+            target = src.tokenizer.encode(answers[b], add_special_tokens=False)
+            for cut in [start for start, _ in spans] + [len(c.token_ids)]:
+                prefixes.append(list(c.prompt_ids) + list(c.token_ids[:cut]) + head)
+                targets.append(target)
+            owners.append(b)
+    means = continuation_mean_logprobs(ctx, prefixes, targets) if prefixes else []
+    logliks: dict[int, list[list[float]]] = {}
+    at = 0
+    for b in owners:
+        n = len(ctx.completions[b].meta["turn_spans"]) + 1
+        logliks[b] = [[m] for m in means[at:at + n]]
+        at += n
+    per_row = []
+    for b, c in enumerate(ctx.completions):
+        n = len(c.meta.get("turn_spans", []))
+        per_row.append(siop_turn_rewards(float(q[b]), logliks.get(b, [[float("nan")]] * (n + 1)), num_turns=n, lam=lam))
+    return pad_turn_rewards(per_row)
+
+
+@provides_step_rewards(lare_advantages)
+def lare_latent_step_rewards(ctx: StepContext, step_ids: torch.Tensor, *, ridge: float = 1e-2) -> torch.Tensor:
+    """step_rewards [B, K]: LaRe's decoded latent rewards of each multi-turn rollout, in training.
+
+    phi(s_k, a_k) = `task.latent_features(example, actions[:k+1], observations before turn k)` [D]; the
+    linear decoder w is fitted on THIS batch so that sum_k phi_{b,k} . w ~ R_b (the outcome rewards,
+    ridge; `turn_rewards.lare_fit_decoder`), and r^_{b,k} = phi_{b,k} . w (`lare_decode`).
+    LaRe has an LLM write the encoder's code from the task description (and refines it); the 135M bundled
+    model cannot write working code, so the task author's encoder stands in (keyvalue:
+    `KeyValueTask.latent_features`, 6 features read from what the policy saw). The decoder is refitted
+    each step, not trained across steps (assumption: the linear closed form; no state to checkpoint).
+    Paper: "Latent Reward: LLM-Empowered Credit Assignment in Episodic RL" (arXiv 2412.11120).
+    """
+    from credo.credit.turns import turn_protocol
+
+    task = turn_protocol(ctx, "lare", "latent_features")
+    rows = []
+    for c, example in zip(ctx.completions, ctx.examples):
+        texts, keys = list(c.meta.get("turn_texts", [])), list(c.meta.get("turn_keys", []))
+        rows.append([task.latent_features(example, texts[:k + 1], list(keys[k]) if k < len(keys) else [])
+                     for k in range(len(texts))])
+    K = max((len(r) for r in rows), default=0)
+    D = len(next((f for r in rows for f in r), []))
+    features = torch.zeros(len(rows), K, max(D, 1), dtype=torch.float64)
+    valid = torch.zeros(len(rows), K, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        for k, f in enumerate(r):
+            features[b, k, :len(f)] = torch.tensor(f, dtype=torch.float64)
+            valid[b, k] = True
+    if K == 0:
+        return torch.full((len(rows), 0), float("nan"))
+    weights = lare_fit_decoder(features, valid, ctx.batch.rewards.to(torch.float64), ridge=ridge)
+    ctx.sources.step_metrics.update({f"lare/w_{name}": float(w) for name, w in
+                                     zip(getattr(task, "LATENT_FEATURES", range(D)), weights.tolist())})
+    return lare_decode(features, valid, weights)
+
+
 # -- what training hands OPRL (credit/providers.py) -------------------------------------------------
 
 OPRL_PRM = "oprl_prm"  # its key in CreditSources.cache (checkpointed with the run: judges/implicit.py)
@@ -321,14 +410,16 @@ def oprl_implicit_step_rewards(ctx: StepContext, step_ids: torch.Tensor, *, beta
 CATALOG = [
     Entry("siop", "cluster-weighted potential-difference turn rewards, z-normalised per prompt, summed to go",
           "Self-Induced Outcome Potential (arXiv 2605.04984)", "confirmed",
-          "groups, turns, step_rewards (siop_turn_rewards: NLI cluster ids + reference log-likelihoods)"),
+          "groups, turns, step_rewards (training: exact-answer clusters, the policy's log-likelihood of the "
+          "cluster answer after each turn; no NLI model)"),
     Entry("calm", "LLM-verified subgoal bonuses + outcome, SIOP-style turn advantage",
           "CALM: Credit Assignment with Language Models (arXiv 2409.12798)", "reconstructed",
           "groups, turns, step_rewards (rl.judge llm: its subgoal verdict per turn; otherwise the "
           "environment's turn rewards stand in)"),
     Entry("lare", "least-squares-decoded latent proxy rewards, SIOP-style turn advantage",
           "Latent Reward: LLM-Empowered Credit Assignment (arXiv 2412.11120)", "reconstructed",
-          "groups, turns, step_rewards (lare_decode of latent reward features)"),
+          "groups, turns, step_rewards (training: the task's latent features per turn, linear decoder fitted "
+          "on the batch's returns)"),
     Entry("oprl", "GRPO outcome advantage + alpha * group-normalised implicit-PRM step reward",
           "Online Process Reward Learning for Agentic RL (arXiv 2509.19199)", "reconstructed",
           "groups, steps, step_rewards (implicit PRM trained online beside the policy, checkpointed)"),

@@ -37,7 +37,7 @@ from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
 from credo.credit.providers import continuation_mean_logprobs, provides_step_rewards
-from credo.credit.turn_rewards import information_gain, pad_turn_rewards
+from credo.credit.turn_rewards import answer_f1, information_gain, matchtir_turn_rewards, pad_turn_rewards
 from credo.credit.turn_common import (
     F64, broadcast_loop, dense_ids, discounted, finish, group_moments, mean_std_loop, place, returns_loop, rows_of,
     state_group_ids, state_keys_loop, turn_table, znorm, znorm_loop,
@@ -344,7 +344,8 @@ def igpo_advantages_loop(inputs: CreditInputs, *, gamma: float = 1.0, eps: float
 @CREDIT.register("matchtir")
 @token_level(needs=("steps", "step_rewards"))
 def matchtir_advantages(inputs: CreditInputs, *, gamma: float = 0.9, eps: float = 1e-6,
-                        scale_by_std: bool = True) -> torch.Tensor:
+                        scale_by_std: bool = True, matching: str = "greedy",
+                        unmatched_penalty: float = 0.0) -> torch.Tensor:
     """MatchTIR dual-level advantage: trajectory GRPO averaged with turn-index-normalised returns.
 
     Reads group_ids [B], step_ids [B, T], step_rewards [B, K] (turn rewards from tool-call matching,
@@ -357,7 +358,8 @@ def matchtir_advantages(inputs: CreditInputs, *, gamma: float = 0.9, eps: float 
                    (A^turn = D / (1 + eps)), as the official code
     A_{i,k}      = (A^traj_i + A^turn_{i,k}) / 2, broadcast over the turn's tokens
     A row without turns scores 0 in A^traj's statistics and gets no advantage.
-    Defaults (official): gamma 0.9 (hard-coded `lam`), eps 1e-6, std scaling on.
+    Defaults (official): gamma 0.9 (hard-coded `lam`), eps 1e-6, std scaling on. `matching` ("greedy" |
+    "ot") and `unmatched_penalty` (0) belong to the producer (`matchtir_matched_step_rewards` in training).
     Paper: "MatchTIR: Fine-Grained Supervision for Tool-Integrated Reasoning via Bipartite Matching"
     (arXiv 2601.10712). Status: confirmed (official `core_algos.py::compute_grpo_outcome_advantage`,
     modified); zero-variance turn groups give exactly 0 here. Loop: `matchtir_advantages_loop`.
@@ -526,7 +528,8 @@ CATALOG = [
           "groups, turns, step_rewards (information gain per turn)"),
     Entry("matchtir", "(trajectory GRPO + turn-index-normalised discounted turn reward) / 2",
           "MatchTIR: Fine-Grained Supervision for Tool-Integrated Reasoning (arXiv 2601.10712)", "confirmed",
-          "groups, turns, step_rewards (tool-call matching reward per turn)"),
+          "groups, turns, step_rewards (training: the task's tool calls per turn matched against its gold call "
+          "chain, answer F1)"),
     Entry("slate", "step reward minus the mean of siblings sampled from the same prefix",
           "SLATE: truncated step-level sampling with LLM-judge step rewards (arXiv 2602.23440)", "reconstructed",
           "groups, steps, step_rewards (judge), step_keys (shared-prefix id)"),
@@ -578,3 +581,43 @@ def information_gain_step_rewards(ctx, step_ids: torch.Tensor, *, log_space: boo
 
 provides_step_rewards(igpo_advantages)(information_gain_step_rewards)
 provides_step_rewards(a2tgpo_advantages)(information_gain_step_rewards)
+
+
+# -- MatchTIR's tool-call matching in training ----------------------------------------------------------
+
+
+def turn_protocol(ctx, method: str, *names: str):
+    """The task of `ctx` if it offers every method in `names` (what a turn-level signal reads from it);
+    else a CredoError naming the task, the estimator and the missing methods."""
+    from credo.errors import CredoError
+
+    task = ctx.sources.task
+    missing = [n for n in names if not callable(getattr(task, n, None))]
+    if missing:
+        raise CredoError(f"rl.credit {method}: task {getattr(task, 'name', type(task).__name__)!r} has no "
+                         f"{', '.join(missing)} (the turn signal reads them; the keyvalue task has them)")
+    return task
+
+
+@provides_step_rewards(matchtir_advantages)
+def matchtir_matched_step_rewards(ctx, step_ids: torch.Tensor, *, matching: str = "greedy",
+                                  unmatched_penalty: float = 0.0) -> torch.Tensor:
+    """step_rewards [B, K]: MatchTIR's turn rewards of each multi-turn rollout, in training.
+
+    Turn k's predicted calls are the task's parse of its action (`task.tool_calls(text)`), an answer turn
+    scores the answer's word F1 against the gold answer (`answer_f1` of `task.answer_of(text)`), and all
+    calls of the trajectory are matched jointly against the gold call chain (`task.gold_calls(example)`)
+    by `turn_rewards.matchtir_turn_rewards` (matching "greedy" = the official Hungarian-style assignment,
+    "ot" = Sinkhorn). A row without turns gets no turn (NaN). No model call: the cost is the matching.
+    Paper: "MatchTIR" (arXiv 2601.10712).
+    """
+    task = turn_protocol(ctx, "matchtir", "tool_calls", "gold_calls", "answer_of")
+    per_row: list[list[float]] = []
+    for c, example in zip(ctx.completions, ctx.examples):
+        texts = list(c.meta.get("turn_texts", []))
+        answers = [task.answer_of(t) for t in texts]
+        per_row.append(matchtir_turn_rewards(
+            [task.tool_calls(t) for t in texts], task.gold_calls(example),
+            answer_scores=[None if a is None else answer_f1(a, str(example.answer)) for a in answers],
+            matching=matching, unmatched_penalty=unmatched_penalty))
+    return pad_turn_rewards(per_row)

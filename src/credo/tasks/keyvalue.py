@@ -195,6 +195,56 @@ class KeyValueTask:
         """1 useful call or correct answer, 0 useless call or wrong answer, -1 malformed action."""
         return state.truth
 
+    # -- what turn-level credit reads in training (MatchTIR, SIOP, LaRe: credo/credit/) ---------------
+
+    def tool_calls(self, action_text: str) -> list[dict]:
+        """The tool calls of one action in MatchTIR's format: a well-formed `<call>KEY</call>` is
+        [{"name": "lookup", "arguments": {"key": KEY}}]; an answer or a malformed action has none."""
+        call = _CALL.fullmatch(action_text[:MAX_SCAN_CHARS]) if isinstance(action_text, str) else None
+        key = call.group(1).strip() if call is not None else ""
+        return [{"name": "lookup", "arguments": {"key": key}}] if key else []
+
+    def gold_calls(self, example: Example) -> list[dict]:
+        """The ground-truth call chain of `example` (MatchTIR's gt format): one lookup per chain key."""
+        return [{"name": "lookup", "parameters": {"key": str(k)}} for k in example.meta["chain"]]
+
+    def answer_of(self, action_text: str) -> str | None:
+        """The stripped answer of an `<answer>...</answer>` action; None for any other action."""
+        answer = _ANSWER.fullmatch(action_text[:MAX_SCAN_CHARS]) if isinstance(action_text, str) else None
+        return None if answer is None else answer.group(1).strip()
+
+    LATENT_FEATURES = ("call_follows", "call_other", "call_repeat", "answer_observed", "answer_other", "malformed")
+
+    def latent_features(self, example: Example, actions: Sequence[str], observations: Sequence[str]) -> list[float]:
+        """LaRe's latent reward vector phi(s_k, a_k) of the LAST action in `actions`, given the earlier
+        actions and the observations before it (`observations`, stripped `<obs>v</obs>` texts) ->
+        [len(LATENT_FEATURES)] of 0/1:
+            call_follows     a call of the key the context points to (the last observed value; at the first
+                             turn the question's start key)
+            call_other       any other well-formed call
+            call_repeat      a call of a key called before (also counted in call_follows / call_other)
+            answer_observed  an answer equal to the last observed value
+            answer_other     any other answer
+            malformed        neither a call nor an answer
+        The encoder reads only what the policy saw (question, actions, observations), never the chain:
+        it is the task author's stand-in for LaRe's LLM-written encoder (`credit/turn_reward_credit.py::lare_latent_step_rewards`)."""
+        action = actions[-1]
+        calls, answer = self.tool_calls(action), self.answer_of(action)
+        last = observations[-1] if observations else ""
+        seen = last[len("<obs>"):-len("</obs>")].strip() if last.startswith("<obs>") and last.endswith("</obs>") else None
+        points_to = seen if observations else str(example.meta["chain"][0])
+        out = [0.0] * len(self.LATENT_FEATURES)
+        if calls:
+            key = calls[0]["arguments"]["key"]
+            out[0 if key == points_to else 1] = 1.0
+            earlier = [c["arguments"]["key"] for a in actions[:-1] for c in self.tool_calls(a)]
+            out[2] = float(key in earlier)
+        elif answer is not None:
+            out[3 if seen is not None and answer == seen else 4] = 1.0
+        else:
+            out[5] = 1.0
+        return out
+
     # -- single-turn verifier on the whole transcript --------------------------------------------
 
     def _transcript(self, completion: str, example: Example) -> tuple[bool, str | None]:

@@ -203,6 +203,6 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
         if provider is None:
             raise ValueError(f"credit estimator {name} needs method-specific extras, and it has no provider "
                              f"for them (register one with credo.credit.providers.provides_extras)")
-        fields["extras"] = provider(ctx)
+        fields["extras"] = provider(ctx, **provider_params(provider, credit))
     return CreditInputs(rewards=batch.rewards, group_ids=batch.group_ids, loss_mask=batch.loss_mask,
                         tokens=batch.tokens, **fields)
