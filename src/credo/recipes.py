@@ -98,12 +98,18 @@ _recipe("hapo", "From Uniform to Heterogeneous (arXiv 2509.16591)",
         rl__objective="hapo_token", rl__credit="hapo", rl__loss_reduction="token_mean", rl__kl_coef=0.0,
         rl__dynamic_sampling=True, rollout__temperature_schedule="hapo")
 
+_recipe("nlpo", "NLPO, RL4LMs (arXiv 2210.01241)",
+        "PPO clip on the policy masked to the top-p set (0.9, >= 100 tokens) of a delayed copy synced every 20 "
+        "steps, which also masks the rollouts' sampling; token-mean",
+        rl__objective="nlpo", rl__credit="grpo", rl__loss_reduction="token_mean", rl__kl_coef=0.0,
+        rollout__sampler="nlpo")
+
 # Objectives whose paper fixes the estimator and / or the reduction they run with: choosing the
 # objective alone applies these to the fields the user left unset.
 PAIRINGS: dict[str, dict[str, Any]] = {
     name: {k: v for k, v in RECIPES.get(name).fields.items()
-           if k in ("rl.credit", "rl.loss_reduction") and not (k == "rl.credit" and v == "grpo")}
-    for name in ("dr_grpo", "gspo", "gspo_token", "sapo", "bn_gspo", "f_grpo", "lite_ppo", "ppo")
+           if k in ("rl.credit", "rl.loss_reduction", "rollout.sampler") and not (k == "rl.credit" and v == "grpo")}
+    for name in ("dr_grpo", "gspo", "gspo_token", "sapo", "bn_gspo", "f_grpo", "lite_ppo", "ppo", "nlpo")
 }
 PAIRINGS = {k: v for k, v in PAIRINGS.items() if v}
 

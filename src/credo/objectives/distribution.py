@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -188,6 +188,7 @@ def nlpo_loss(
     clip_high: float = 0.2,
     kl_coef: float = 0.0,
     kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = kl_k3,
+    masking_policy: Any = None,
 ) -> LossTerms:
     """NLPO's loss side: the PPO clipped surrogate on the policy restricted to a top-p action mask.
 
@@ -199,14 +200,20 @@ def nlpo_loss(
     A sampled token outside M_t has no probability under the masked policy: its loss and gradient are 0
     (it still counts in the token_mean denominator); `nlpo_outside_mask` reports their fraction. When
     the sampler uses the same top-p, no sampled token is outside the mask.
-    Reconstructed (document): RL4LMs keeps a separate masking policy, a copy of the policy refreshed
-    every `target_update_iterations` (20 in the README config), and PPO with a value head and a
-    KL-in-reward. Here (1) the masking policy is the detached CURRENT policy (refreshed every update;
-    with rl.recompute_old_logprobs it equals pi_old on the first minibatch); (2) the old policy's mass
-    on the mask is approximated by the current one's (sg log Z), so the ratio's VALUE is pi / pi_old
-    and its gradient is that of the masked log-prob; (3) advantages come from the credit estimator
-    (GRPO by default), not a critic. Defaults: top_p 0.9, min_tokens_to_keep 100 (RL4LMs README),
-    clip 0.2, no KL. Reduction: token_mean.
+    The masking policy: in training, `masking_policy` is the `rollout.sampler = "nlpo"` sampler
+    (rollout/masking.py), whose delayed copy of the policy (synced every target_update_iterations = 20
+    RL steps, as RL4LMs) also masked every decoding step of the rollouts; its `action_mask` gives M_t
+    (and its own top_p / min_tokens_to_keep; this function's are then unused). The trainer refuses
+    rl.objective nlpo without that sampler. Called without one (unit tests), M_t comes from the
+    detached CURRENT policy.
+    old_logp_t: the trainer's recomputed pi_old(y_t) (unmasked, so sg(log Z_t) is taken off); without
+    recomputation and with the masking sampler the sampler's logprobs are already those of the masked
+    policy and are used as they are.
+    Reconstructed (document): (1) the old policy's mass on the mask is approximated by the current
+    one's (sg log Z), so the ratio's VALUE is pi / pi_old and its gradient is that of the masked
+    log-prob; (2) advantages come from the credit estimator (GRPO by default), not RL4LMs' critic with a
+    KL-in-reward. Defaults: top_p 0.9, min_tokens_to_keep 100 (RL4LMs README), clip 0.2, no KL.
+    Reduction: token_mean.
     Departs from GRPO: the policy (and the ratio) is the renormalised top-p-masked distribution.
     Paper: "Is Reinforcement Learning (Not) for Natural Language Processing: Benchmarks, Baselines,
     and Building Blocks for Natural Language Policy Optimization" (arXiv 2210.01241).
@@ -215,13 +222,19 @@ def nlpo_loss(
     mask = batch.loss_mask
     full = full_logprobs_at_mask(outputs, mask, "nlpo_loss")
     y = batch.tokens[mask][:, None]  # [N, 1]
-    keep = top_p_action_mask(full, top_p, min_tokens_to_keep=min_tokens_to_keep, keep_token_ids=keep_token_ids)
+    if masking_policy is not None:  # the delayed copy that masked the rollouts (rollout/masking.py)
+        keep = masking_policy.action_mask(batch.tokens, batch.attention_mask, mask).to(full.device)
+    else:
+        keep = top_p_action_mask(full, top_p, min_tokens_to_keep=min_tokens_to_keep, keep_token_ids=keep_token_ids)
     log_z = torch.logsumexp(full.float().masked_fill(~keep, -math.inf), dim=-1)  # [N], with grad
     in_mask = keep.gather(-1, y).squeeze(-1)  # [N]
     log_z_bt = _scatter(log_z.to(logprobs.dtype), mask)
     inside = _scatter(in_mask, mask)  # [B, T] bool
     masked_logprobs = logprobs - log_z_bt
-    masked_old = batch.behaviour_logprobs - log_z_bt.detach()
+    if masking_policy is not None and batch.old_logprobs is None:  # sampled from the masked policy already
+        masked_old = batch.sampler_logprobs
+    else:
+        masked_old = batch.behaviour_logprobs - log_z_bt.detach()
     adv = torch.where(inside, batch.advantages, torch.zeros_like(batch.advantages))
     terms = ppo_clip_per_token(masked_logprobs, masked_old, adv, mask & inside, clip_low=clip_low, clip_high=clip_high)
     with torch.no_grad():

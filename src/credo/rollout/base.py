@@ -26,6 +26,9 @@ class SamplingParams:
     stop: strings that end a completion (kept in the completion, which finishes with "stop").
     temperature_fn: an adaptive temperature, logits [A, V] -> temperatures [A], applied at every
     decoding step instead of `temperature` when sampling (rollout/temperature.py); None = fixed.
+    guide: a second model decoding in lockstep whose action mask [A, V] restricts every step's
+    logits before sampling (NLPO's masking policy, rollout/masking.py::TopPMaskGuide); torch engine
+    only; None = no mask.
     """
 
     temperature: float = 1.0
@@ -34,6 +37,7 @@ class SamplingParams:
     max_new_tokens: int = 32
     stop: tuple[str, ...] = ()
     temperature_fn: Callable[[Any], Any] | None = field(default=None, compare=False, repr=False)
+    guide: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass

@@ -133,3 +133,9 @@ SAMPLERS_CATALOG = [
           "parent's tokens exactly (defaults branching [2, 2], M 30)", "Segment Policy Optimization (arXiv 2505.23564)",
           "reconstructed", "rollout.sampler_params; rl.group_size = prod(branching)"),
 ]
+
+# NLPO's masked sampler lives with its delayed masking policy (rollout/masking.py)
+from credo.rollout.masking import MASKING_CATALOG, NLPOSampler  # noqa: E402
+
+SAMPLERS.register("nlpo")(NLPOSampler)
+SAMPLERS_CATALOG += MASKING_CATALOG

@@ -53,6 +53,11 @@ def choose_tokens(
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
+def _masked(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """logits [A, V] with the tokens outside keep [A, V] (bool) at -inf (a guide's action mask)."""
+    return logits.masked_fill(~keep.to(logits.device), -math.inf)
+
+
 class TorchEngine:
     """Samples from a Hugging Face causal LM held in this process (the policy itself)."""
 
@@ -67,6 +72,7 @@ class TorchEngine:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     weight_version: int = 0
+    supports_guide = True  # SamplingParams.guide (NLPO's masked sampling) is applied at every step
 
     def load_weights(self, model, version: int = 0) -> None:
         self.model = model  # same process, same tensors: nothing to copy
@@ -106,6 +112,8 @@ class TorchEngine:
             cache = out.past_key_values
             cache.batch_repeat_interleave(n)
             logits = out.logits[:, -1].float().repeat_interleave(n, dim=0)
+            if sampling.guide is not None:  # NLPO: the masking policy prefills the same prompts
+                logits = _masked(logits, sampling.guide.begin(ids, mask, n))
             mask = mask.repeat_interleave(n, dim=0)
             rows = self._decode(logits, cache, mask, sampling, generator, device)
         finally:
@@ -138,6 +146,8 @@ class TorchEngine:
             if len(keep) < len(active):
                 index = torch.tensor(keep, device=device)
                 cache.batch_select_indices(index)
+                if sampling.guide is not None:
+                    sampling.guide.select(index)
                 mask, positions, chosen = mask[index], positions[index], chosen[index]
                 active = [active[k] for k in keep]
             mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=-1)
@@ -151,6 +161,8 @@ class TorchEngine:
                 )
             cache = out.past_key_values
             logits = out.logits[:, -1].float()
+            if sampling.guide is not None:
+                logits = _masked(logits, sampling.guide.advance(chosen[:, None], mask, positions[:, None]))
             positions = positions + 1
         return tokens, logps, finish
 

@@ -189,6 +189,20 @@ def validate(cfg: TrainConfig) -> None:
     sampler = make_sampler(cfg.rollout.sampler, cfg.rollout.sampler_params)  # (rollout/samplers.py)
     if sampler is not None:
         sampler.check(cfg.rl.group_size, cfg.sampling.max_new_tokens)
+        from credo.tasks import TASKS
+
+        task = TASKS._items.get(cfg.task.name)  # (an unknown name is reported where the task is built)
+        if task is not None and is_multiturn(task):
+            raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} with the multi-turn task {cfg.task.name!r} is not "
+                             f"built yet (turns are drawn by the turn-by-turn driver); use rollout.sampler independent")
+        if getattr(sampler, "needs_guide", False) and cfg.rollout.engine != "torch":
+            raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} masks every decoding step: it needs "
+                             f"rollout.engine \"torch\" (rollout.engine is {cfg.rollout.engine!r})")
+    if "masking_policy" in inspect.signature(OBJECTIVES.get(cfg.rl.objective)).parameters \
+            and not callable(getattr(sampler, "action_mask", None)):
+        raise CredoError(f"rl.objective {cfg.rl.objective} masks its loss with the policy that masked the rollouts: "
+                         f"it needs rollout.sampler \"nlpo\" (rollout.sampler is {cfg.rollout.sampler!r}); "
+                         f"--recipe nlpo sets both")
         if cfg.rollout.max_staleness > 0:
             raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} with rollout.max_staleness > 0 is not built yet "
                              f"(the pipeline sends plain generations ahead); use max_staleness 0")
@@ -365,6 +379,9 @@ def rl_context(run: Run) -> RLContext:
     if "lm_head" in inspect.signature(objective).parameters:  # internal-layer policies (BuPO)
         temperature = run.sampling.temperature if run.sampling.temperature > 0 else 1.0
         objective = wire_internal_policy(objective, run.model, temperature=temperature)
+    sampler = make_sampler(run.cfg.rollout.sampler, run.cfg.rollout.sampler_params)  # (rollout/samplers.py)
+    if "masking_policy" in inspect.signature(objective).parameters:  # NLPO: the sampler's delayed copy masks the loss
+        objective = functools.partial(objective, masking_policy=sampler)  # (validate: it has action_mask)
     credit = bind_params(CREDIT.get(rl.credit), {}, rl.credit_params, "credit estimator")
     credit_needs = credit_needs_of(credit)
     # the reference is the policy as RL starts (after warm-up), frozen
@@ -433,6 +450,10 @@ def rl_context(run: Run) -> RLContext:
         dpo_model=rl.dpo_model)
     if resumed_state:  # a provider's model or state (OPRL's implicit PRM) picks its part up when it first runs
         sources.cache["resumed_method_state"] = resumed_state
+    if SAMPLER_STATE in resumed_state:  # (NLPO's delayed masking policy)
+        sampler.resume(*resumed_state[SAMPLER_STATE])
+    elif resumed_rl and callable(getattr(sampler, "export", None)):
+        raise CredoError(f"checkpoint {run.resumed.folder} has no state for rollout.sampler {run.cfg.rollout.sampler!r}")
     critic_settings = CriticSettings(lr=rl.critic_lr, value_clip=rl.value_clip, epochs=rl.epochs,
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
@@ -450,7 +471,7 @@ def rl_context(run: Run) -> RLContext:
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
                      seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule,
                      entropy_control=entropy_control, verifier=run.verifier,
-                     sampler=make_sampler(run.cfg.rollout.sampler, run.cfg.rollout.sampler_params))
+                     sampler=sampler)
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
@@ -467,12 +488,18 @@ def lora_state(run: Run) -> dict[str, Any]:
     return {} if run.lora is None else {"lora": run.lora.meta}
 
 
+SAMPLER_STATE = "rollout_sampler"  # the sampler's part of the method state (method_rollout_sampler.safetensors)
+
+
 def method_state(ctx: RLContext) -> dict[str, tuple[dict, dict]]:
-    """What a credit provider keeps across steps in its cache and can export (OPRL's implicit PRM):
-    name -> (JSON part, tensors), written into every RL checkpoint and handed back on resume."""
-    if ctx.credit_sources is None:
-        return {}
-    return {k: v.export() for k, v in ctx.credit_sources.cache.items() if callable(getattr(v, "export", None))}
+    """What a credit provider keeps across steps in its cache and can export (OPRL's implicit PRM), and the
+    group sampler's own model (NLPO's delayed masking policy): name -> (JSON part, tensors), written into
+    every RL checkpoint and handed back on resume."""
+    out = {} if ctx.credit_sources is None else \
+        {k: v.export() for k, v in ctx.credit_sources.cache.items() if callable(getattr(v, "export", None))}
+    if callable(getattr(ctx.sampler, "export", None)) and getattr(ctx.sampler, "policy", None) is not None:
+        out[SAMPLER_STATE] = ctx.sampler.export()  # a sampler's own model (NLPO's delayed masking policy)
+    return out
 
 
 def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> None:
