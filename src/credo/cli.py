@@ -224,6 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     from credo.judges import train_prm
 
     train_prm.add_parser(sub)  # `credo train-prm`: a process reward model from step labels
+    from credo.judges import train_orm
+
+    train_orm.add_parser(sub)  # `credo train-rm`: an outcome reward model from preference pairs
     return parser
 
 

@@ -240,6 +240,11 @@ class RLConfig:
     step scores with rl.judge_noise / judge_bias / judge_flip), "llm" (the bundled SmolLM2 asked yes/no,
     scored from its logprobs), "llm:<folder>" (any local causal LM) or "prm:<folder>" (a process reward
     model trained by `credo train-prm`). See credo/judges/."""
+    reward_model: Annotated[str, Text(pattern=r"(rm:.+)?", meaning="empty or rm:<folder>")] = ""
+    """The reward of every completion from an outcome reward model trained by `credo train-rm`
+    ("rm:<folder>"; judges/orm.py): r(x, y), the Bradley-Terry logit, replaces the task's verifier reward
+    (accuracy and format metrics stay the task's own verdict). Works with any task, the JSONL task
+    without reference answers included. Empty: the task's verifier."""
     judge_noise: Annotated[float, Range(lo=0)] = 0.0
     """Step judge / PRM for step-level credit (PURE, CAPO, TP-GRPO, ...): std of the Gaussian noise a
     SyntheticJudge adds to the task's true step scores."""

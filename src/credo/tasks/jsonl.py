@@ -15,6 +15,12 @@ Matching of the answer inside `<answer>...</answer>` (`match`):
 - "float": both are decimal numbers (commas allowed) within a relative tolerance of 1e-6.
 
 Reward: 1.0 when the completion is exactly one answer tag (`only_answer`) with a matching answer.
+
+Without reference answers (`answer_field: null` in the task's params) the rows need only a prompt
+(and a demonstration field for the warm-up); the task cannot verify, so its own score is 0 with
+`correct` False (`formatted` still checks the answer tag), `has_reference_answers` is False, and
+training refuses to start unless `rl.reward_model` gives the reward (an outcome reward model,
+judges/orm.py) and `warmup.steps` is 0 or `demonstration_field` is set.
 """
 
 from __future__ import annotations
@@ -61,7 +67,7 @@ def _type_name(value: object) -> str:
 class JsonlTask:
     path: str
     prompt_field: str = "prompt"
-    answer_field: str = "answer"
+    answer_field: str | None = "answer"
     demonstration_field: str | None = None
     system_prompt: str | None = "Reply only with the answer as <answer>...</answer>."
     split_field: str | None = None
@@ -72,6 +78,11 @@ class JsonlTask:
     def __post_init__(self):
         if self.match not in MATCHES:
             raise CredoError(f"jsonl: unknown match {self.match!r}; valid: {', '.join(MATCHES)}")
+
+    @property
+    def has_reference_answers(self) -> bool:
+        """False when the rows carry no answers (answer_field null): a reward model must score them."""
+        return self.answer_field is not None
 
     def _rows_cached(self) -> list[tuple[str, Example]]:
         if self._rows is None:
@@ -124,8 +135,8 @@ class JsonlTask:
         prompt = self._field(row, self.prompt_field, where, (str,), "a string")
         if not prompt.strip():
             raise CredoError(f"{where}: field {self.prompt_field!r} is empty")
-        answer = self._answer(row, where)
-        demonstration = f"<answer>{answer}</answer>"
+        answer = self._answer(row, where) if self.answer_field is not None else ""
+        demonstration = f"<answer>{answer}</answer>" if answer else ""
         if self.demonstration_field is not None:
             demonstration = self._field(row, self.demonstration_field, where, (str,), "a string")
         split = split_of(prompt)
@@ -194,5 +205,5 @@ class JsonlTask:
 
     def score(self, completion: str, example: Example) -> Score:
         formatted = only_answer(completion)
-        correct = formatted and self._matches(extract_answer(completion), example.answer)
+        correct = formatted and bool(example.answer) and self._matches(extract_answer(completion), example.answer)
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)

@@ -583,6 +583,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         # updates between the weights a completion was sampled with and this step's (0: on-policy engine)
         "policy_lag_max": float(step - min(c.weight_version for c in completions)),
         "verifier_errors": errors,
+        **(ctx.verifier.metrics() if callable(getattr(ctx.verifier, "metrics", None)) else {}),  # (reward model)
         "skipped_prompts": len(drop),
         **update,
         **credit_metrics,

@@ -186,6 +186,15 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     check_scale_out(cfg)
+    if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
+        raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
+                         "the trainer's process); set rollout.ray_verifiers 0")
+    if cfg.rl.reward_model:
+        from pathlib import Path
+
+        folder = Path(cfg.rl.reward_model[len("rm:"):]).expanduser()
+        if not (folder / "orm.json").is_file():
+            raise CredoError(f"rl.reward_model: {folder} has no orm.json (train one with `credo train-rm`)")
     sampler = make_sampler(cfg.rollout.sampler, cfg.rollout.sampler_params)  # (rollout/samplers.py)
     if sampler is not None:
         sampler.check(cfg.rl.group_size, cfg.sampling.max_new_tokens)
@@ -322,6 +331,13 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
         torch.set_num_threads(cfg.model.threads)
     seed_everything(cfg.run.seed)
     task = make_task(cfg.task.name, **cfg.task.params)
+    if getattr(task, "has_reference_answers", True) is False:  # (the JSONL task without answers)
+        if not cfg.rl.reward_model:
+            raise CredoError(f"task {cfg.task.name!r} has no reference answers: its completions need a reward model; "
+                             f"set rl.reward_model rm:<folder> (`credo train-rm`)")
+        if cfg.warmup.steps > 0 and not getattr(task, "demonstration_field", None):
+            raise CredoError(f"task {cfg.task.name!r} has no reference answers, so no demonstrations for the warm-up: "
+                             f"set warmup.steps 0 or the task's demonstration_field")
     test = task.examples("test", cfg.task.eval_size, seed=0)  # fixed across seeds: comparable runs
     if not world.is_main:
         cfg.run.progress = False
@@ -458,6 +474,12 @@ def rl_context(run: Run) -> RLContext:
                                      minibatches=rl.minibatches, micro_batch_size=rl.micro_batch_size,
                                      max_grad_norm=rl.max_grad_norm)
     sampling = run.sampling if schedule is None else dataclasses.replace(run.sampling, temperature_fn=schedule)
+    if rl.reward_model and run.verifier is None:  # an outcome reward model scores every completion (judges/orm.py)
+        from credo.judges.orm import OutcomeRewardModel, RewardModelScorer
+
+        rm = OutcomeRewardModel.load(rl.reward_model[len("rm:"):], device=next(plain.parameters()).device)
+        run.verifier = RewardModelScorer(rm, run.task, error_reward=RLContext.error_reward,
+                                         batch_size=rl.micro_batch_size)
     if run.cfg.rollout.ray_verifiers > 0 and run.verifier is None:  # scoring in Ray worker processes
         from credo.rewards.verifier_pool import VerifierPool
 
