@@ -18,7 +18,7 @@ from credo.objectives import OBJECTIVES
 from credo.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).parent))  # the shared fixtures module (import mode is importlib)
-from fixture_tasks import ParityTask, tiny_run  # noqa: E402
+from fixture_tasks import ParityTask, TalkativeParity, tiny_run  # noqa: E402
 
 # outcome-level estimators here; token-, step- and turn-level ones in test_credit_e2e.py
 NEW_CREDIT = [name for name in CREDIT.names() if name != "grpo" and not is_token_level(CREDIT.get(name))]
@@ -39,14 +39,22 @@ TINY_PARAMS = {"bupo": ["--rl.objective_params", '{"layer": 1}'],
                "ppo": ["--rl.credit", "gae"]}
 
 
+# objectives over turns run on the multi-turn fixture task (its pairing sets their estimator)
+MULTI_TURN = {"a2tgpo"}
+
+
 @pytest.fixture(autouse=True)
 def parity_task(monkeypatch):
     monkeypatch.setitem(TASKS._items, "parity", ParityTask)
+    monkeypatch.setitem(TASKS._items, "mt_parity", TalkativeParity)
 
 
 @pytest.mark.parametrize("name", OBJECTIVES.names())
 def test_objective_trains_end_to_end(tmp_path, name):
-    tiny_run(tmp_path, name, "--rl.objective", name, *TINY_PARAMS.get(name, []))
+    if name in MULTI_TURN:
+        tiny_run(tmp_path, name, "--rl.objective", name, "--task.params", "{}", task="mt_parity")
+    else:
+        tiny_run(tmp_path, name, "--rl.objective", name, *TINY_PARAMS.get(name, []))
 
 
 @pytest.mark.parametrize("name", NEW_CREDIT)

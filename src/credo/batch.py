@@ -31,7 +31,9 @@ class RolloutBatch:
     the trainer; when None the sampler's are used); values [B, T] | None;
     turn_ids / segment_ids [B, T] long | None (multi-turn and segment credit);
     is_weights [B, T] float | None (importance-sampling correction weights, detached, multiplied
-    into the per-token loss; objectives/is_correction.py)."""
+    into the per-token loss; objectives/is_correction.py);
+    clip_scale [B, T] float | None (a per-token multiplier of the clip range that the credit estimator
+    made, A2TGPO's adaptive turn-level clipping; objectives/turn_clip.py)."""
 
     tokens: torch.Tensor
     attention_mask: torch.Tensor
@@ -46,6 +48,7 @@ class RolloutBatch:
     turn_ids: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None
+    clip_scale: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.tokens.dim() != 2:
@@ -64,6 +67,7 @@ class RolloutBatch:
             "turn_ids": ((B, T), torch.long),
             "segment_ids": ((B, T), torch.long),
             "is_weights": ((B, T), None),
+            "clip_scale": ((B, T), None),
         }
         if self.tokens.dtype != torch.long:
             raise ValueError(f"RolloutBatch.tokens must be torch.long, got {self.tokens.dtype}")

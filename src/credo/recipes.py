@@ -104,12 +104,17 @@ _recipe("nlpo", "NLPO, RL4LMs (arXiv 2210.01241)",
         rl__objective="nlpo", rl__credit="grpo", rl__loss_reduction="token_mean", rl__kl_coef=0.0,
         rollout__sampler="nlpo")
 
+_recipe("a2tgpo", "A2TGPO: Agentic Turn-Group Policy Optimization with Adaptive Turn-level Clipping (arXiv 2605.06200)",
+        "information gain per turn normalised per turn group, sqrt-rescaled accumulation, PPO clip scaled per turn "
+        "by the IG-adaptive clip scale (multi-turn tasks)",
+        rl__objective="a2tgpo", rl__credit="a2tgpo", rl__loss_reduction="token_mean", rl__kl_coef=0.0)
+
 # Objectives whose paper fixes the estimator and / or the reduction they run with: choosing the
 # objective alone applies these to the fields the user left unset.
 PAIRINGS: dict[str, dict[str, Any]] = {
     name: {k: v for k, v in RECIPES.get(name).fields.items()
            if k in ("rl.credit", "rl.loss_reduction", "rollout.sampler") and not (k == "rl.credit" and v == "grpo")}
-    for name in ("dr_grpo", "gspo", "gspo_token", "sapo", "bn_gspo", "f_grpo", "lite_ppo", "ppo", "nlpo")
+    for name in ("dr_grpo", "gspo", "gspo_token", "sapo", "bn_gspo", "f_grpo", "lite_ppo", "ppo", "nlpo", "a2tgpo")
 }
 PAIRINGS = {k: v for k, v in PAIRINGS.items() if v}
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from credo.entry import Entry
-from credo.credit.base import CREDIT, stateful
+from credo.credit.base import CREDIT, CreditInputs, stateful, token_level
 
 
 def _dense(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -170,7 +170,8 @@ def bnpo_decomposed_advantages(reward_components: torch.Tensor, group_ids: torch
 
     reward_components [B, K] float (one column per reward), group_ids [B] -> advantages [B] float32.
     A_i = (1/K) sum_k A_i^(k), each A^(k) = `bnpo_advantages` of column k with its own Beta fit.
-    Not registered: the trainer's credit signature has one reward per sample.
+    Registered as the token-level estimator `bnpo_decomposed` (the components are the task's
+    correctness and format, as GDPO's).
     Paper: "BNPO" (arXiv 2506.02864). Status: confirmed (official `RayBNPOTrainer.fit`,
     use_advantage_decomposition).
     """
@@ -181,6 +182,27 @@ def bnpo_decomposed_advantages(reward_components: torch.Tensor, group_ids: torch
         )
     parts = [bnpo_advantages(reward_components[:, j], group_ids, **kwargs) for j in range(reward_components.shape[1])]
     return torch.stack(parts, 0).mean(0)
+
+
+@CREDIT.register("bnpo_decomposed")
+@token_level(needs=("extras",))
+def bnpo_decomposed(inputs: CreditInputs, *, r_min: float = 0.0, r_max: float = 1.0, alpha: float | None = None,
+                    beta: float | None = None, max_weight: float = 1e6) -> torch.Tensor:
+    """BNPO with advantage decomposition, in training: one Beta-normalised advantage per reward component.
+
+    Reads group_ids [B], loss_mask [B, T], extras["reward_components"] [B, K] (the task's (correct,
+    formatted) of each completion: `gdpo.reward_components`, the same provider as GDPO) -> advantages
+    [B, T] float32: `bnpo_decomposed_advantages` of the components (mean over k of each column's
+    `bnpo_advantages`, its own Beta fit), broadcast over the response's tokens.
+    Defaults: those of `bnpo_advantages` (r_min 0, r_max 1, Beta fitted, max_weight 1e6).
+    Paper: "BNPO: Beta Normalization Policy Optimization" (arXiv 2506.02864). Status: confirmed.
+    """
+    inputs.require("extras.reward_components", method="bnpo_decomposed")
+    parts = torch.as_tensor(inputs.extras["reward_components"], dtype=torch.float64)
+    adv = bnpo_decomposed_advantages(parts, inputs.group_ids, r_min=r_min, r_max=r_max, alpha=alpha, beta=beta,
+                                     max_weight=max_weight)
+    return torch.where(inputs.loss_mask.bool(), adv[:, None].expand_as(inputs.loss_mask).float(),
+                       torch.zeros(inputs.loss_mask.shape))
 
 
 # -- SPO (single stream) ------------------------------------------------------------------------
@@ -599,6 +621,9 @@ def oblr_lr_update(
 
 # The catalog rows of this module's methods (`credo list`).
 CATALOG = [
+    Entry("bnpo_decomposed", "BNPO's advantage decomposition: one Beta-normalised advantage per reward component "
+          "(correct, formatted), averaged", "BNPO: Beta Normalization Policy Optimization (arXiv 2506.02864)",
+          "confirmed", "groups; task correct/formatted (the GDPO provider)"),
     Entry("bnpo", "group-centred reward / BetaPDF(group success rate), Beta fitted to the batch by moments; "
           "loss: objective grpo",
           "BNPO: Beta Normalization Policy Optimization (arXiv 2506.02864)", "confirmed",

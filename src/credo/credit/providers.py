@@ -18,6 +18,11 @@ next to the estimator with one of three decorators:
                                             is the synthetic judge), and its keyword-only parameters
                                             named like the estimator's get their bound values
 
+Two companions hand the objective more than advantages, computed from the same CreditInputs after
+the estimator: `@provides_clip_scale(est)` fn(inputs) -> batch.clip_scale [B, T] (a per-token
+multiplier of the clip range: A2TGPO) and `@restricts_loss_mask(est)` fn(inputs) -> bool [B, T] ANDed
+into batch.loss_mask (VPR drops states whose candidates all score alike).
+
 Every provider's keyword-only parameters named like the estimator's get their bound values
 (rl.credit_params, else the estimator's defaults; `train/credit_inputs.py::provider_params`): a
 producer's knobs (BRPO's budgets, MatchTIR's matching, SIOP's lam) sit in the estimator's signature.
@@ -102,6 +107,20 @@ provides_extras = _marker("credit_extras_provider", "extras provider")
 provides_steps = _marker("credit_steps_provider", "steps provider")
 transforms_step_rewards = _marker("credit_step_reward_transform", "step-reward transform")
 provides_step_rewards = _marker("credit_step_rewards_provider", "step-rewards provider")
+# companions: what an estimator hands the objective beside its advantages, from the same CreditInputs
+provides_clip_scale = _marker("credit_clip_scale", "clip-scale companion")      # -> batch.clip_scale [B, T]
+restricts_loss_mask = _marker("credit_loss_mask", "loss-mask companion")        # -> batch.loss_mask &= [B, T]
+
+
+def clip_scale_of(credit: Callable) -> Callable | None:
+    """fn(CreditInputs, **params) -> clip scale [B, T] (A2TGPO's adaptive clipping); None if none."""
+    return getattr(_unwrap(credit), "credit_clip_scale", None)
+
+
+def loss_mask_of(credit: Callable) -> Callable | None:
+    """fn(CreditInputs, **params) -> bool [B, T], the tokens the loss keeps (VPR's equal-reward states
+    masked); None if none."""
+    return getattr(_unwrap(credit), "credit_loss_mask", None)
 
 
 def extras_provider_of(credit: Callable) -> ExtrasProvider | None:

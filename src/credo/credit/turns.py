@@ -36,7 +36,8 @@ import torch
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
 from credo.credit.outcome import grpo_advantages
-from credo.credit.providers import continuation_mean_logprobs, provides_step_rewards
+from credo.credit.providers import (continuation_mean_logprobs, provides_clip_scale, provides_step_rewards,
+                                    restricts_loss_mask)
 from credo.credit.turn_rewards import answer_f1, information_gain, matchtir_turn_rewards, pad_turn_rewards
 from credo.credit.turn_common import (
     F64, broadcast_loop, dense_ids, discounted, finish, group_moments, mean_std_loop, place, returns_loop, rows_of,
@@ -212,7 +213,7 @@ def _a2tgpo_turn_scores(inputs: CreditInputs, *, eps: float, outcome_on_last_tur
 @CREDIT.register("a2tgpo")
 @token_level(needs=("steps", "step_rewards"))
 def a2tgpo_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 1e-6,
-                      outcome_on_last_turn: bool = True) -> torch.Tensor:
+                      outcome_on_last_turn: bool = True, spread: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
     """A2TGPO: turn-group normalised information gain, accumulated and divided by sqrt(#terms).
 
     Reads rewards [B] (outcome), group_ids [B], step_ids [B, T], step_rewards [B, K] (information gain
@@ -224,7 +225,9 @@ def a2tgpo_advantages(inputs: CreditInputs, *, gamma: float = 1.0, eps: float = 
                reward z-normalised within the prompt group instead of its IG.
     A_{i,k}  = ( sum_{k'=k}^{K_i-1} gamma^(k'-k) I~_{i,k'} ) / sqrt(K_i - k)   (K_i - k = #terms summed)
     The sqrt rescaling keeps the variance of deep and shallow trajectories comparable; IGPO has none.
-    The adaptive turn-level clipping lives in `a2tgpo_clip_scale` (the objective consumes it).
+    The adaptive turn-level clipping lives in `a2tgpo_clip_scale`, this estimator's clip-scale companion
+    (spread, temperature are its parameters): the trainer puts it in batch.clip_scale and the
+    objective `a2tgpo` (objectives/turn_clip.py; `--recipe a2tgpo`) multiplies its clip range by it.
     Defaults: gamma 1.0, eps 1e-6 (the paper's values are unknown: assumptions).
     Paper: "A2TGPO: Agentic Turn-Group Policy Optimization with Adaptive Turn-level Clipping"
     (arXiv 2605.06200). Status: reconstructed (confirmed design: turn-group normalisation, sqrt-rescaled
@@ -243,8 +246,9 @@ def a2tgpo_clip_scale(inputs: CreditInputs, *, spread: float = 0.5, temperature:
     Same inputs as `a2tgpo_advantages` -> scale [B, T] float32 (1.0 off the loss mask / turns).
     f(I~) = 1 + spread * tanh(I~ / temperature)  in (1 - spread, 1 + spread): increasing and bounded,
     so informative turns (high normalised IG) get a wider clip range, uninformative ones a narrower
-    one; I~ = 0 keeps the base range. The objective would consume it as eps_{i,k} = eps0 * scale
-    (e.g. `batch.extras["clip_scale"]` multiplying clip_low / clip_high); no objective reads it yet.
+    one; I~ = 0 keeps the base range. The objective `a2tgpo` consumes it as eps_{i,k} = eps0 * scale
+    (batch.clip_scale multiplying clip_low / clip_high; the trainer calls this companion after the
+    estimator).
     Defaults spread 0.5, temperature 1.0: reconstructed (the paper's f is unpublished).
     Paper: "A2TGPO" (arXiv 2605.06200). Status: reconstructed.
     """
@@ -466,7 +470,8 @@ def vpr_advantages(inputs: CreditInputs, *, mode: str = "mean_then_batch_whiten"
     "group_whiten": A = c / (std_state + eps)
     A state group with fewer than two candidates, or whose candidates all got the same reward
     (population std <= eps), is masked: A = 0 (the official code also drops those tokens from the
-    loss; `vpr_train_mask` gives that mask for the trainer).
+    loss; `vpr_train_mask`, this estimator's loss-mask companion, gives that mask and the trainer
+    applies it).
     Defaults (official `vpr_*.sh`): mode "mean_then_batch_whiten", outcome_reward_scale 0, eps 1e-8.
     Paper: "VPR: Verifiable Process Rewards" (arXiv 2605.10325). Status: confirmed (official code
     thu-nics/VPR `gigpo/core_gigpo.py::compute_vpr_turn_level_advantage`, state-group branch).
@@ -489,6 +494,10 @@ def vpr_train_mask(inputs: CreditInputs, *, eps: float = 1e-8, outcome_reward_sc
     zeroes the response mask of the rest, so they leave the loss denominators too)."""
     _, _, keep, valid = _vpr_groups(inputs, outcome_reward_scale, eps)
     return finish(place(keep.to(F64), valid), inputs) > 0
+
+
+provides_clip_scale(a2tgpo_advantages)(a2tgpo_clip_scale)
+restricts_loss_mask(vpr_advantages)(vpr_train_mask)
 
 
 def vpr_advantages_loop(inputs: CreditInputs, *, mode: str = "mean_then_batch_whiten", eps: float = 1e-8,

@@ -405,8 +405,32 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
     bad = ~torch.isfinite(advantages) & batch.loss_mask
     advantages = torch.where(batch.loss_mask & ~bad, advantages.float(), torch.zeros_like(advantages, dtype=torch.float32))
     batch.advantages = advantages
-    return {"credit_nonfinite": float(bad.sum()),
+    companions = credit_companions(ctx.credit, inputs, batch)  # (A2TGPO's clip scale, VPR's loss mask)
+    return {"credit_nonfinite": float(bad.sum()), **companions,
             **{k: float(v - before.get(k, 0)) for k, v in sources.counters.items()}, **sources.step_metrics}
+
+
+def credit_companions(credit: Callable, inputs, batch: RolloutBatch) -> dict[str, float]:
+    """What the estimator hands the objective beside its advantages (credit/providers.py companions):
+    batch.clip_scale [B, T] and a narrower batch.loss_mask; their metrics."""
+    from credo.credit.providers import clip_scale_of, loss_mask_of
+    from credo.train.credit_inputs import provider_params
+
+    out: dict[str, float] = {}
+    scale_fn = clip_scale_of(credit)
+    if scale_fn is not None:
+        scale = scale_fn(inputs, **provider_params(scale_fn, credit)).float()
+        batch.clip_scale = scale
+        on = batch.loss_mask
+        out["clip_scale_mean"] = float(scale[on].mean()) if bool(on.any()) else 1.0
+    mask_fn = loss_mask_of(credit)
+    if mask_fn is not None:
+        keep = mask_fn(inputs, **provider_params(mask_fn, credit)).bool()
+        before = batch.loss_mask
+        batch.loss_mask = before & keep
+        batch.advantages = torch.where(batch.loss_mask, batch.advantages, torch.zeros_like(batch.advantages))
+        out["credit_masked_tokens"] = float((before & ~keep).sum())
+    return out
 
 
 @torch.no_grad()
