@@ -35,8 +35,10 @@ def test_bnpo_decomposed_is_the_mean_of_per_component_bnpo():
     expected = (bnpo_advantages(correct, groups) + bnpo_advantages(formatted, groups)) / 2
     assert torch.allclose(got[:, 0], expected) and torch.allclose(got[:, 1], expected)
     assert (got[:, 2] == 0).all()
-    # its components are GDPO's: the same provider
-    assert extras_provider_of(CREDIT.get("bnpo_decomposed")) is extras_provider_of(CREDIT.get("gdpo"))
+    # its components are GDPO's (the task's correct, formatted)
+    from credo.credit.normalisation import bnpo_reward_components
+
+    assert extras_provider_of(CREDIT.get("bnpo_decomposed")) is bnpo_reward_components
 
 
 def _batch(inputs):

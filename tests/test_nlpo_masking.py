@@ -118,7 +118,7 @@ def test_a_run_masks_the_loss_with_the_copy_that_masked_the_rollouts_and_resumes
 def test_config_errors_name_the_missing_pairing(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(TASKS._items, "parity", ParityTask)
     assert main(_args(tmp_path, "--rl.objective", "nlpo", "--rollout.sampler", "independent")) == 2
-    assert 'rl.objective nlpo masks its loss with the policy that masked the rollouts: it needs rollout.sampler "nlpo"' \
+    assert "rl.objective nlpo masks its loss with the policy that masked the rollouts: it needs rollout.sampler 'nlpo'" \
         in capsys.readouterr().err
     assert main(_args(tmp_path, "--recipe", "nlpo", "--rollout.engine", "vllm")) == 2
     assert 'rollout.sampler \'nlpo\' masks every decoding step: it needs rollout.engine "torch"' in capsys.readouterr().err

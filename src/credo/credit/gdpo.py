@@ -64,16 +64,6 @@ def reward_components(ctx: StepContext) -> dict:
     return {"reward_components": torch.tensor(rows, dtype=torch.float64).reshape(-1, 2)}
 
 
-def _share_with_bnpo() -> None:
-    """BNPO's decomposed advantage reads the same components (credit/normalisation.py)."""
-    from credo.credit.normalisation import bnpo_decomposed
-
-    provides_extras(bnpo_decomposed)(reward_components)
-
-
-_share_with_bnpo()
-
-
 CATALOG = [
     Entry("gdpo", "GRPO normalisation per reward (correct, formatted), weighted sum, then whitened over "
           "the batch's tokens", "GDPO (arXiv 2601.05242)", "confirmed", "groups; task correct/formatted"),

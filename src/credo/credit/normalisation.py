@@ -24,6 +24,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, stateful, token_level
+from credo.credit.providers import provides_extras
 
 
 def _dense(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -203,6 +204,14 @@ def bnpo_decomposed(inputs: CreditInputs, *, r_min: float = 0.0, r_max: float = 
                                      max_weight=max_weight)
     return torch.where(inputs.loss_mask.bool(), adv[:, None].expand_as(inputs.loss_mask).float(),
                        torch.zeros(inputs.loss_mask.shape))
+
+
+@provides_extras(bnpo_decomposed)
+def bnpo_reward_components(ctx) -> dict:
+    """reward_components [B, 2]: the task's (correct, formatted) of each completion, GDPO's provider."""
+    from credo.credit.gdpo import reward_components
+
+    return reward_components(ctx)
 
 
 # -- SPO (single stream) ------------------------------------------------------------------------

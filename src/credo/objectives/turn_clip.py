@@ -39,6 +39,8 @@ def a2tgpo_loss(
     logprobs [B, T] (with grad); uses batch.advantages, batch.behaviour_logprobs, batch.loss_mask,
     batch.clip_scale [B, T] (required: the credit estimator `a2tgpo` makes it) -> LossTerms(per_token [B, T]).
     Defaults: clip 0.2 / 0.2 (the base range), no KL. Reduction: the run's (token_mean in the recipe).
+    Paper: "A2TGPO: Agentic Turn-Group Policy Optimization with Adaptive Turn-level Clipping"
+    (arXiv 2605.06200). Status: reconstructed.
     """
     if batch.clip_scale is None:
         raise ValueError("a2tgpo_loss: batch.clip_scale is None; the objective needs rl.credit a2tgpo (its clip-scale "

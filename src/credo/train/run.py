@@ -207,14 +207,19 @@ def validate(cfg: TrainConfig) -> None:
         if getattr(sampler, "needs_guide", False) and cfg.rollout.engine != "torch":
             raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} masks every decoding step: it needs "
                              f"rollout.engine \"torch\" (rollout.engine is {cfg.rollout.engine!r})")
-    if "masking_policy" in inspect.signature(OBJECTIVES.get(cfg.rl.objective)).parameters \
-            and not callable(getattr(sampler, "action_mask", None)):
-        raise CredoError(f"rl.objective {cfg.rl.objective} masks its loss with the policy that masked the rollouts: "
-                         f"it needs rollout.sampler \"nlpo\" (rollout.sampler is {cfg.rollout.sampler!r}); "
-                         f"--recipe nlpo sets both")
         if cfg.rollout.max_staleness > 0:
             raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} with rollout.max_staleness > 0 is not built yet "
                              f"(the pipeline sends plain generations ahead); use max_staleness 0")
+    if "masking_policy" in inspect.signature(OBJECTIVES.get(cfg.rl.objective)).parameters \
+            and not callable(getattr(sampler, "action_mask", None)):
+        from credo.recipes import RECIPES
+        from credo.rollout.samplers import SAMPLERS
+
+        masking = [n for n in SAMPLERS.names() if callable(getattr(SAMPLERS.get(n), "action_mask", None))]
+        recipe = f"; --recipe {cfg.rl.objective} sets both" if cfg.rl.objective in RECIPES else ""
+        raise CredoError(f"rl.objective {cfg.rl.objective} masks its loss with the policy that masked the rollouts: "
+                         f"it needs rollout.sampler {' or '.join(repr(n) for n in masking)} (rollout.sampler is "
+                         f"{cfg.rollout.sampler!r}){recipe}")
     if cfg.rollout.temperature_schedule != "none":
         TEMPERATURE_SCHEDULES.get(cfg.rollout.temperature_schedule)
         if cfg.rollout.engine != "torch":
