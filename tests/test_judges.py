@@ -493,6 +493,22 @@ def test_calm_and_sotopia_ask_their_templates_per_turn(tiny):
     assert step_rewards_provider_of(CREDIT.get("calm"))(ctx, None) is None
 
 
+def test_mapo_asks_the_step_template_per_turn(tiny):
+    from credo.credit import CREDIT
+    from credo.credit.providers import step_rewards_provider_of
+    from credo.judges.synthetic import SyntheticJudge
+
+    tok = tiny.tokenizer
+    comp = _turns(tok, [("<call>k1</call>", "\nk1 = 47\n"), ("<answer>47</answer>", "")])
+    judge = AskedJudge([0.7, 0.1])
+    ctx, _ = _ctx(tiny, judge, [comp], [1.0], ["Find k1."])
+    got = step_rewards_provider_of(CREDIT.get("mapo"))(ctx, None)
+    assert got[0].tolist() == pytest.approx([0.7, 0.1])  # s_k = q_k
+    assert [t for t, _ in judge.asked] == ["step", "step"] and judge.asked[1][1]["step"] == "<answer>47</answer>"
+    ctx.sources.judge = SyntheticJudge()
+    assert step_rewards_provider_of(CREDIT.get("mapo"))(ctx, None) is None
+
+
 def test_capo_with_the_llm_judge_trains(tmp_path, tiny, parity):
     tiny.model.save_pretrained(tmp_path / "judge")
     tiny.tokenizer.save_pretrained(tmp_path / "judge")

@@ -26,21 +26,22 @@ def entries(package) -> list[Entry]:
 
 
 def table(rows: list[Entry]) -> str:
-    """A plain-text table (also pasted into docs/catalog.md)."""
+    """A plain-text table (`credo list`): one block per method, the training status on its own line."""
     width = max([len(e.name) for e in rows] + [4])
     needs = max([len(e.needs) for e in rows] + [5])
     head = f"{'name':<{width}}  {'status':<13}  {'needs':<{needs}}  summary [paper]"
     lines = [head, "-" * len(head)]
     for e in rows:
         lines.append(f"{e.name:<{width}}  {e.status:<13}  {e.needs:<{needs}}  {e.summary} [{e.paper}]")
+        lines.append(f"{'':<{width}}  in training: {e.training}")
     return "\n".join(lines)
 
 
 def markdown(rows: list[Entry]) -> str:
     """The same rows as a Markdown table (docs/catalog.md)."""
-    lines = ["| name | status | needs | summary | paper |", "|---|---|---|---|---|"]
+    lines = ["| name | status | in training | needs | summary | paper |", "|---|---|---|---|---|---|"]
     for e in rows:
-        cells = [f"`{e.name}`", e.status, e.needs, e.summary, e.paper]
+        cells = [f"`{e.name}`", e.status, e.training, e.needs, e.summary, e.paper]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines)
 
@@ -54,7 +55,9 @@ def catalog_markdown() -> str:
         "# Method catalog\n\n"
         "Generated from the code by `python -m credo.catalog > docs/catalog.md` (a test checks it is current).\n"
         "Status: *confirmed* methods follow the authors' code or a reference implementation exactly;\n"
-        "*reconstructed* ones implement the paper's stated math, and their docstrings say what was assumed.\n\n"
+        "*reconstructed* ones implement the paper's stated math, and their docstrings say what was assumed.\n"
+        "*In training*: \"works\" when the paper's signal, sampler, judge or schedule runs in a credo training run\n"
+        "(a test proves it); otherwise one line says what stands in or what is missing, and why.\n\n"
         "## Policy objectives (`rl.objective`)\n\n" + markdown(entries(credo.objectives)) + "\n\n"
         "## Credit estimators (`rl.credit`)\n\n" + markdown(entries(credo.credit)) + "\n\n"
         "## Importance-sampling corrections (`rl.is_correction`)\n\n" + markdown(correction_entries()) + "\n\n"

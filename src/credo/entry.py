@@ -17,3 +17,6 @@ class Entry:
     paper: str
     status: str  # "confirmed" or "reconstructed"
     needs: str
+    # What runs in a credo training run: "works" (the paper's signal, sampler, judge or schedule runs in
+    # training and a test proves it), or one line saying what stands in or what is missing, and why.
+    training: str = "works"

@@ -645,5 +645,6 @@ CATALOG = [
     Entry("brpo", "CoT tokens per budget interval: budget-weighted return minus own-past / group baseline",
           "Optimizing Anytime Reasoning via Budget Relative Policy Optimization (arXiv 2505.13438)",
           "confirmed", "extras budget_scores, budget_positions (training: summaries forced after the thinking "
-          "cut at 4 budgets of max_new_tokens, probe_samples each)"),
+          "cut at 4 budgets of max_new_tokens, probe_samples each)",
+          training="works (summaries forced at 4 budgets); the summary tokens are probes, not trained as in the paper"),
 ]

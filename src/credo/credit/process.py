@@ -524,7 +524,8 @@ def capo_critique_scores(ctx: StepContext, step_ids: torch.Tensor) -> torch.Tens
 CATALOG = [
     Entry("pure", "min-form PRM credit: softmin-weighted step rewards, token-count RLOO baseline, verifier reward",
           _PURE_PAPER,
-          "confirmed", "groups, steps, step_rewards (PRM/judge in [-1, 1])"),
+          "confirmed", "groups, steps, step_rewards (PRM/judge in [-1, 1])",
+          training="works: rl.judge prm:<folder> (a PRM from `credo train-prm`), llm or synthetic scores the steps"),
     Entry("pure_sum", "sum-form contrast to PURE: discounted sum of PRM step rewards, same baseline "
           "(step_weight='uniform': the official --disable_weighted_reward, 1/K per step)",
           _PURE_PAPER,
@@ -532,11 +533,14 @@ CATALOG = [
     Entry("capo", "GRPO advantage minus token penalties on steps a critique vote flags wrong",
           "CAPO: Towards Enhancing LLM Reasoning through Verifiable Generative Credit Assignment (arXiv 2508.02298)",
           "reconstructed", "groups, steps, step_rewards (wrong-vote fraction; rl.judge llm: one hindsight "
-          "critique per step over the whole solution)"),
+          "critique per step over the whole solution)",
+          training="works with rl.judge llm[:<folder>] (one hindsight critique per step); other judges: their step scores vote"),
     Entry("tp_grpo", "thought units (runs of equally judged steps) get +-c scaled by group accuracy, added to GRPO",
           "Good Learners Think Their Thinking: Generative PRM Makes Large Reasoning Model More Efficient Math "
-          "Learner (arXiv 2507.23317)", "reconstructed", "groups, steps, step_rewards (GenPRM judge)"),
+          "Learner (arXiv 2507.23317)", "reconstructed", "groups, steps, step_rewards (GenPRM judge)",
+          training="works with rl.judge llm or prm:<folder>; a generative PRM (GenPRM) is not bundled: the 135M model or a PRM stands in"),
     Entry("grounded_prm", "tool-verified +-1 step labels fused with the outcome (official MCTS hybrid value), centred",
           "GroundedPRM: Tree-Guided and Fidelity-Aware Process Reward Modeling for Step-Level Reasoning "
-          "(arXiv 2510.14942)", "reconstructed", "groups, steps, step_rewards (tool verifier)"),
+          "(arXiv 2510.14942)", "reconstructed", "groups, steps, step_rewards (tool verifier)",
+          training="works on arith (calculator-verified steps, the tool verifier); no MCTS path search (steps are the policy's lines); other tasks: the judge's scores"),
 ]

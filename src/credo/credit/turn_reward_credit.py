@@ -411,20 +411,25 @@ CATALOG = [
     Entry("siop", "cluster-weighted potential-difference turn rewards, z-normalised per prompt, summed to go",
           "Self-Induced Outcome Potential (arXiv 2605.04984)", "confirmed",
           "groups, turns, step_rewards (training: exact-answer clusters, the policy's log-likelihood of the "
-          "cluster answer after each turn; no NLI model)"),
+          "cluster answer after each turn; no NLI model)",
+          training="works on multi-turn tasks; answers cluster by exact match (no NLI model bundled)"),
     Entry("calm", "LLM-verified subgoal bonuses + outcome, SIOP-style turn advantage",
           "CALM: Credit Assignment with Language Models (arXiv 2409.12798)", "reconstructed",
           "groups, turns, step_rewards (rl.judge llm: its subgoal verdict per turn; otherwise the "
-          "environment's turn rewards stand in)"),
+          "environment's turn rewards stand in)",
+          training="works with rl.judge llm[:<folder>] (a subgoal verdict per turn; subgoals are not named); other judges: the environment's turn rewards"),
     Entry("lare", "least-squares-decoded latent proxy rewards, SIOP-style turn advantage",
           "Latent Reward: LLM-Empowered Credit Assignment (arXiv 2412.11120)", "reconstructed",
           "groups, turns, step_rewards (training: the task's latent features per turn, linear decoder fitted "
-          "on the batch's returns)"),
+          "on the batch's returns)",
+          training="works on keyvalue; the task's hand-written feature encoder stands in for LaRe's LLM-written one (the 135M model cannot write it)"),
     Entry("oprl", "GRPO outcome advantage + alpha * group-normalised implicit-PRM step reward",
           "Online Process Reward Learning for Agentic RL (arXiv 2509.19199)", "reconstructed",
-          "groups, steps, step_rewards (implicit PRM trained online beside the policy, checkpointed)"),
+          "groups, steps, step_rewards (implicit PRM trained online beside the policy, checkpointed)",
+          training="works (implicit PRM trained online, checkpointed); one rank only (dist.strategy none)"),
     Entry("sotopia_rl", "GRPO over the prompt group's utterance-level rewards (no accumulation)",
           "Sotopia-RL: Reward Design for Social Intelligence (arXiv 2508.03905)", "reconstructed",
           "groups, turns, step_rewards (rl.judge llm: its attribution per utterance x 10 R; otherwise the "
-          "environment's turn rewards stand in)"),
+          "environment's turn rewards stand in)",
+          training="works with rl.judge llm[:<folder>] (one attribution question per utterance); other judges: the environment's turn rewards"),
 ]

@@ -173,6 +173,20 @@ def mapo_advantages(inputs: CreditInputs, *, alpha: float = 0.5, gamma: float = 
     return finish(place(alpha * a_turn + (1.0 - alpha) * a_batch, valid), inputs)
 
 
+@provides_step_rewards(mapo_advantages)
+def mapo_judged_turns(ctx, step_ids: torch.Tensor) -> torch.Tensor | None:
+    """With a model judge (rl.judge = "llm[:<folder>]"): MAPO's judge score of every turn, s_k = q_k, the
+    judge's probability that the turn is a good next step (template "step": task, transcript before the
+    turn, the turn), one batched call. Other judges: None, the default source (the environment's turn
+    rewards). The paper's judge is a large LLM grading dialogue turns; here the bundled model or any
+    local causal LM answers yes / no (documented deviation)."""
+    from credo.credit.providers import judged_turn_probabilities, model_judge, nan_padded
+
+    if model_judge(ctx) is None:
+        return None
+    return nan_padded(judged_turn_probabilities(ctx, "step"))
+
+
 def mapo_advantages_loop(inputs: CreditInputs, *, alpha: float = 0.5, gamma: float = 1.0,
                          eps: float = 1e-6) -> torch.Tensor:
     """Readable reference for `mapo_advantages`."""
@@ -528,23 +542,29 @@ CATALOG = [
           "groups, turns, step_rewards (env reward per turn), step_keys (observation before each turn)"),
     Entry("mapo", "judge-scored turn returns; mix of turn-index and batch normalisation",
           "MAPO: Mixed Advantage Policy Optimization (arXiv 2603.06194)", "reconstructed",
-          "turns, step_rewards (judge score per turn)"),
-    Entry("a2tgpo", "IG normalised per (prompt, turn index), discounted sum / sqrt(#terms); clip scale helper",
+          "turns, step_rewards (judge score per turn)",
+          training="works with rl.judge llm[:<folder>] (a yes/no verdict per turn); other judges: the environment's turn rewards stand in"),
+    Entry("a2tgpo", "IG normalised per (prompt, turn index), discounted sum / sqrt(#terms); IG-adaptive clip scale companion",
           "A2TGPO: Agentic Turn-Group Policy Optimization (arXiv 2605.06200)", "reconstructed",
-          "groups, turns, step_rewards (information gain per turn)"),
+          "groups, turns, step_rewards (information gain per turn)",
+          training="works on multi-turn tasks; its adaptive clip needs rl.objective a2tgpo (--recipe a2tgpo)"),
     Entry("igpo", "IG (and outcome) z-normalised per prompt, discounted accumulation, no sqrt",
           "Information Gain-based Policy Optimization (arXiv 2510.14967)", "confirmed",
-          "groups, turns, step_rewards (information gain per turn)"),
+          "groups, turns, step_rewards (information gain per turn)",
+          training="works on multi-turn tasks (the policy's probability of the gold answer after each turn)"),
     Entry("matchtir", "(trajectory GRPO + turn-index-normalised discounted turn reward) / 2",
           "MatchTIR: Fine-Grained Supervision for Tool-Integrated Reasoning (arXiv 2601.10712)", "confirmed",
           "groups, turns, step_rewards (training: the task's tool calls per turn matched against its gold call "
-          "chain, answer F1)"),
+          "chain, answer F1)",
+          training="works on tasks that parse tool calls and give a gold call chain (keyvalue)"),
     Entry("slate", "step reward minus the mean of siblings sampled from the same prefix",
           "SLATE: truncated step-level sampling with LLM-judge step rewards (arXiv 2602.23440)", "reconstructed",
-          "groups, steps, step_rewards (judge), step_keys (shared-prefix id)"),
+          "groups, steps, step_rewards (judge), step_keys (shared-prefix id)",
+          training="not built: SLATE's truncated step-level sibling sampler; siblings share a step prefix only by chance (step_keys = the text before the step)"),
     Entry("vpr", "oracle reward minus the state-group mean, whitened over the batch; equal-reward states masked",
           "VPR: Verifiable Process Rewards (arXiv 2605.10325)", "confirmed",
-          "groups, turns, step_rewards (oracle score), step_keys (state of each candidate)"),
+          "groups, turns, step_rewards (oracle score), step_keys (state of each candidate)",
+          training="partly: no sampler branches candidate actions from one state; state groups form only where multi-turn rollouts revisit a state (keyvalue)"),
 ]
 
 

@@ -399,9 +399,10 @@ CATALOG = [
           "pi_old full distribution proxied by the detached current one; reduction token_mean",
           "Distribution-Centric Policy Optimization (arXiv 2601.12730)", "confirmed",
           "groups; full_logprobs; rewards"),
-    Entry("nlpo", "PPO clip on the policy renormalised over a top-p action mask (p 0.9); masking policy = "
-          "detached current policy; reduction token_mean",
-          "NLPO / RL4LMs (arXiv 2210.01241)", "reconstructed", "full_logprobs"),
+    Entry("nlpo", "PPO clip on the policy renormalised over the top-p action mask (p 0.9, >= 100 tokens) of a "
+          "delayed copy of the policy (rollout.sampler nlpo, synced every 20 steps); reduction token_mean",
+          "NLPO / RL4LMs (arXiv 2210.01241)", "reconstructed", "full_logprobs; rollout.sampler nlpo (the pairing)",
+          training="works on the torch engine; advantages from the credit estimator, not RL4LMs' critic"),
     Entry("bupo", "GRPO on an internal layer policy softmax(head(norm(h_l))) (layer 6); needs the model's head "
           "bound by wire_internal_policy) for the first iterative_steps (30) RL steps, then GRPO on the final "
           "policy, in one run",

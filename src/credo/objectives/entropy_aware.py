@@ -527,7 +527,8 @@ CATALOG = [
           "detached current distribution (pi_old on the first minibatch); reduction token_mean",
           "Low-probability Tokens Sustain Exploration (arXiv 2510.03222)", "confirmed", "groups; full_logprobs"),
     Entry("hapo_token", "entropy-adaptive asymmetric clip and advantage redistribution, dual clip 10; "
-          "reduction token_mean (sampler temperature and token-level advantage: helper functions)",
+          "reduction token_mean (the sampler temperature: rollout.temperature_schedule hapo; token-level "
+          "advantage: credit hapo; --recipe hapo sets all)",
           "From Uniform to Heterogeneous: Tailoring Policy Optimization to Every Token's Nature (arXiv 2509.16591)",
           "confirmed", "groups; entropy"),
     Entry("tea_rl", "PPO clip + entropy bonus with token-wise coefficient clamp(10 softmax_row(cov(A, logp)), 0, 5); "

@@ -54,5 +54,6 @@ def a2tgpo_loss(
 CATALOG = [
     Entry("a2tgpo", "PPO clip whose range is scaled per token by the a2tgpo estimator's IG-adaptive clip scale",
           "A2TGPO: Agentic Turn-Group Policy Optimization with Adaptive Turn-level Clipping (arXiv 2605.06200)",
-          "reconstructed", "credit a2tgpo (batch.clip_scale); multi-turn task"),
+          "reconstructed", "credit a2tgpo (batch.clip_scale); multi-turn task",
+          training="works with rl.credit a2tgpo on multi-turn tasks"),
 ]
