@@ -70,6 +70,10 @@ def judged_step_rewards(ctx: StepContext, texts: list[list[str]]) -> torch.Tenso
 
     src = ctx.sources
     start = time.perf_counter()
+    # a sampler may hand the judge the steps that came before a row's trainable ones (SLATE's shared
+    # prefix, meta["judge_context"]): judged in context, their own scores dropped
+    before = [list(c.meta.get("judge_context", [])) for c in ctx.completions]
+    texts = [ctx_steps + steps for ctx_steps, steps in zip(before, texts)]
     score_many = getattr(src.judge, "score_many", None)
     if score_many is not None:
         rows = score_many([(ctx.examples[b].prompt, steps) for b, steps in enumerate(texts)])
@@ -83,6 +87,7 @@ def judged_step_rewards(ctx: StepContext, texts: list[list[str]]) -> torch.Tenso
             else:  # an outcome-only judge: every step inherits the verdict on the answer
                 truth = [1.0 if float(ctx.batch.rewards[b]) > 0 else -1.0] * len(steps)
             rows.append(src.judge.score(example.prompt, steps, truth))
+    rows = [list(r)[len(ctx_steps):] for r, ctx_steps in zip(rows, before)]
     src.counters["judge_calls"] += sum(len(steps) for steps in texts)
     src.counters["judge_seconds"] = src.counters.get("judge_seconds", 0.0) + time.perf_counter() - start
     return nan_padded(rows)
@@ -189,6 +194,12 @@ def build_credit_inputs(ctx: StepContext, credit: Callable, name: str) -> Credit
         if "step_keys" in needs:
             if multi_turn:
                 fields["step_keys"] = turn_step_keys(ctx.completions)
+            elif all("step_keys" in c.meta for c in ctx.completions):  # a sampler's own keys (SLATE's prefix ids)
+                counts = (step_ids.max(dim=1).values + 1).clamp(min=0).tolist()
+                # (a candidate split into more steps than its keys, e.g. a token holding two newlines: the last
+                # key covers the rest)
+                fields["step_keys"] = [list(c.meta["step_keys"]) + [c.meta["step_keys"][-1]] * max(n - len(c.meta["step_keys"]), 0)
+                                       for c, n in zip(ctx.completions, counts)]
             else:
                 texts = step_texts(batch, step_ids, ctx.sources.tokenizer)
                 fields["step_keys"] = [["".join(steps[:k]) for k in range(len(steps))] for steps in texts]
