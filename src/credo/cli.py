@@ -124,7 +124,10 @@ def cmd_eval(args, rest) -> int:
         raise CredoError(f"credo eval: --n must be at least 1 (held-out problems), got {args.n}")
     cfg, task = _task_from(args, rest)
     policy = load_policy(args.model)
-    engine = TorchEngine(policy.model, policy.tokenizer, autocast_dtype=PRECISIONS[cfg.model.precision])
+    from credo.gpu import resolve_precision
+
+    precision = resolve_precision(cfg.model.precision, next(policy.model.parameters()).device)
+    engine = TorchEngine(policy.model, policy.tokenizer, autocast_dtype=PRECISIONS[precision])
     sc = cfg.sampling
     sampling = SamplingParams(0.0, 1.0, 0, sc.max_new_tokens, tuple(sc.stop))
     examples = task.examples("test", args.n, seed=0)

@@ -60,9 +60,11 @@ MARKERS = (Range, OneOf, Text)
 class ModelConfig:
     name: Annotated[str, Text(non_empty=True)] = "smollm2"
     """Model: "smollm2" (bundled), "tiny" (random, for tests) or a local Hugging Face folder."""
-    precision: Annotated[str, OneOf(("bf16", "fp32"))] = "bf16"
+    precision: Annotated[str, OneOf(("auto", "bf16", "fp32"))] = "auto"
     """"bf16": bf16 autocast for forward/backward and sampling (weights and AdamW state stay fp32);
-    3-4x faster on CPUs with AVX512-BF16. "fp32": exact, slower."""
+    3-4x faster on CPUs with AVX512-BF16 or AMX, about 30x SLOWER where bf16 is emulated. "fp32":
+    exact. "auto": bf16 where the hardware has it natively (credo/gpu.py::resolve_precision), else
+    fp32; config.json records the resolved value."""
     threads: Annotated[int, Range(lo=0)] = 0
     """torch intra-op threads; 0 keeps torch's default (one per core)."""
     device: Annotated[str, OneOf(("auto", "cpu", "cuda"))] = "auto"

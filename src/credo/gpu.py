@@ -10,7 +10,10 @@ and the defaults a vLLM run resolves to.
   the only per-step transfers are tokens in and [B, T] logprobs / entropies / values out.
 - Precision: `model.precision = "bf16"` is bf16 autocast around every forward (the torch engine's
   `autocast_context` takes the device type, so the same code autocasts on CPU and CUDA); weights
-  and AdamW state stay fp32.
+  and AdamW state stay fp32. "auto" (the default) resolves to "bf16" where the hardware computes in
+  bf16 natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX-BF16) and to "fp32" elsewhere:
+  on an AMD EPYC without AVX512-BF16, a SmolLM2 forward + backward under bf16 autocast took 167 s
+  against 5.4 s in fp32 (emulated bf16 is about 30x slower).
 - Attention (`model.attn_implementation`): "auto" = flash_attention_2 on CUDA when the flash-attn
   package is importable, else sdpa (fused attention in PyTorch, on CPU and GPU).
 - The sampler/trainer mismatch: vLLM's kernels (bf16 weights, other reductions, CUDA graphs) do not
@@ -85,9 +88,34 @@ def on_model_device(home: torch.device, device: torch.device):
         yield
 
 
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU computes bf16 natively (the avx512_bf16 or amx_bf16 flag in /proc/cpuinfo)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:  # not Linux: no way to tell, assume emulated (fp32 is never the slow choice)
+            return False
+    flags = set(cpuinfo.split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(name: str, device: torch.device, cpuinfo: str | None = None) -> str:
+    """model.precision -> "bf16" or "fp32" ("auto": bf16 only where the hardware has it natively)."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16(cpuinfo) else "fp32"
+
+
 def resolve_rollout_defaults(cfg) -> list[str]:
-    """Fill the defaults that depend on the engine (in place); returns one note per change."""
+    """Fill the defaults that depend on the engine and the hardware (in place); returns one note per change."""
     notes = []
+    if cfg.model.precision == "auto":
+        cfg.model.precision = resolve_precision("auto", resolve_device(cfg.model.device))
+        why = "native bf16 on this hardware" if cfg.model.precision == "bf16" else \
+            "this CPU has no native bf16 (AVX512-BF16 / AMX): bf16 autocast would be emulated, ~30x slower"
+        notes.append(f"model.precision = {cfg.model.precision!r} ({why}; set model.precision to choose)")
     if cfg.rollout.engine == "vllm" and cfg.rl.is_correction == "none" and cfg.rollout.auto_is_correction:
         cfg.rl.is_correction = "tis"
         notes.append("rl.is_correction = \"tis\" (the vLLM default: vLLM's logprobs differ from the "

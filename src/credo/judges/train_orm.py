@@ -30,6 +30,7 @@ from typing import Sequence
 import torch
 
 from credo.errors import CredoError
+from credo.gpu import resolve_precision
 from credo.judges.orm import OutcomeRewardModel, bradley_terry_loss
 
 
@@ -197,7 +198,8 @@ def add_parser(sub) -> None:
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--center-coef", type=float, default=0.0, help="TRL's center_rewards_coefficient (0: off)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware has it natively, else fp32 (credo/gpu.py)")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train_rm)
 
@@ -246,7 +248,8 @@ def cmd_train_rm(args, rest) -> int:
               f"{args.model}'s samples (train: {stats['correct']:.0f} of {stats['samples']:.0f} correct)", flush=True)
     rm = OutcomeRewardModel(policy.model, policy.tokenizer, meta={"base": args.model, **source})
     settings = RMTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                               center_coef=args.center_coef, seed=args.seed, bf16=args.precision == "bf16",
+                               center_coef=args.center_coef, seed=args.seed,
+                               bf16=resolve_precision(args.precision, torch.device("cpu")) == "bf16",
                                eval_every=max(1, min(100, args.steps)))
     before = pairwise_accuracy(rm, test)
     print(f"train-rm: held-out pairwise accuracy before training: {before:.4f} ({len(test)} pairs)", flush=True)

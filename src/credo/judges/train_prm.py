@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from credo.errors import CredoError
+from credo.gpu import resolve_precision
 from credo.judges.prm import ProcessRewardModel
 from credo.judges.prm_data import StepRow
 
@@ -187,7 +188,8 @@ def add_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="bf16", choices=["bf16", "fp32"])
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware has it natively, else fp32 (credo/gpu.py)")
     p.add_argument("--threads", type=int, default=0)
     p.set_defaults(func=cmd_train_prm)
 
@@ -222,7 +224,8 @@ def cmd_train_prm(args, rest) -> int:
     prm = ProcessRewardModel(policy.model, policy.tokenizer,
                              meta={"task": args.task, "labels": args.labels, "base": args.model})
     settings = PRMTrainSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, head_lr=args.head_lr,
-                                seed=args.seed, bf16=args.precision == "bf16",
+                                seed=args.seed,
+                               bf16=resolve_precision(args.precision, torch.device("cpu")) == "bf16",
                                 eval_every=max(1, min(100, args.steps)))
     before = evaluate_prm(prm, test_rows)
     print(f"train-prm: {len(train_rows)} training rows, {len(test_rows)} held-out rows; "
