@@ -23,7 +23,6 @@ response's first tokens, then EOS (the score is of what fits, never an error).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,6 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from credo.errors import CredoError
+from credo.judges.heads import load_head, read_head_info, save_head_folder, scalar_head
 from credo.judges.prm import base_model
 
 FORMAT = "credo-orm-1"
@@ -45,12 +45,7 @@ class OutcomeRewardModel(torch.nn.Module):
         self.backbone, self.tokenizer = backbone, tokenizer
         self.prompt_prefix, self.response_prefix, self.max_tokens = prompt_prefix, response_prefix, int(max_tokens)
         self.meta = dict(meta or {})
-        hidden = backbone.config.hidden_size
-        self.head = torch.nn.Linear(hidden, 1)
-        with torch.random.fork_rng():  # a small head init that does not consume the caller's RNG stream
-            torch.manual_seed(0)
-            torch.nn.init.normal_(self.head.weight, std=hidden ** -0.5 * 0.1)
-        torch.nn.init.zeros_(self.head.bias)
+        self.head = scalar_head(backbone.config.hidden_size)
         eos = tokenizer.eos_token_id
         self._eos = [eos if eos is not None else (tokenizer.pad_token_id or 0)]
 
@@ -83,50 +78,22 @@ class OutcomeRewardModel(torch.nn.Module):
         return self.head(hidden[torch.arange(len(encoded), device=device), last].float()).squeeze(-1)
 
     def save(self, folder: str | Path, **meta) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
-        save_file({"weight": self.head.weight.detach().contiguous().cpu(),
-                   "bias": self.head.bias.detach().contiguous().cpu()}, str(folder / "orm_head.safetensors"))
         info = {"format": FORMAT, "prompt_prefix": self.prompt_prefix, "response_prefix": self.response_prefix,
                 "max_tokens": self.max_tokens, "hidden_size": int(self.head.weight.shape[1]), **self.meta, **meta}
-        (folder / "orm.json").write_text(json.dumps(info, indent=2) + "\n")
-        return folder
+        return save_head_folder(folder, "orm", self.backbone, self.tokenizer, self.head, info)
 
     @classmethod
     def load(cls, folder: str | Path, device: torch.device | str | None = None) -> "OutcomeRewardModel":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         from credo.models import load_policy
 
         folder = Path(folder).expanduser()
-        info_path = folder / "orm.json"
-        if not info_path.is_file():
-            raise CredoError(f"reward model folder {folder} has no orm.json (train one with `credo train-rm`)")
-        try:
-            info = json.loads(info_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CredoError(f"{info_path}: not valid JSON ({exc})") from exc
-        if not isinstance(info, dict) or info.get("format") != FORMAT:
-            raise CredoError(f"{info_path}: field 'format' must be {FORMAT!r}")
+        info = read_head_info(folder, "orm", FORMAT, "reward model", "credo train-rm")
         policy = load_policy(str(folder))
         rm = cls(policy.model, policy.tokenizer, prompt_prefix=info.get("prompt_prefix", "Problem: "),
                  response_prefix=info.get("response_prefix", "\nResponse: "), max_tokens=int(info.get("max_tokens", 512)),
                  meta={k: v for k, v in info.items()
                        if k not in ("format", "prompt_prefix", "response_prefix", "max_tokens")})
-        try:
-            head = load_file(str(folder / "orm_head.safetensors"))
-        except (OSError, SafetensorError) as exc:
-            raise CredoError(f"{folder / 'orm_head.safetensors'}: cannot read the reward head ({exc})") from exc
-        if head.get("weight") is None or tuple(head["weight"].shape) != tuple(rm.head.weight.shape):
-            raise CredoError(f"{folder / 'orm_head.safetensors'}: head weight must have shape {tuple(rm.head.weight.shape)}")
-        with torch.no_grad():
-            rm.head.weight.copy_(head["weight"])
-            rm.head.bias.copy_(head["bias"])
+        load_head(folder, "orm", rm.head)
         if device is not None:
             rm = rm.to(device)
         return rm.eval().requires_grad_(False)

@@ -21,7 +21,6 @@ model.safetensors, tokenizer files), `prm_head.safetensors` ({"weight": [1, H], 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from credo.errors import CredoError
+from credo.judges.heads import load_head, read_head_info, save_head_folder, scalar_head
 
 FORMAT = "credo-prm-1"
 
@@ -58,12 +58,7 @@ class ProcessRewardModel(torch.nn.Module):
         self.prompt_prefix = prompt_prefix
         self.max_tokens = max_tokens
         self.meta = dict(meta or {})
-        hidden = backbone.config.hidden_size
-        self.head = torch.nn.Linear(hidden, 1)
-        with torch.random.fork_rng():  # a small head init that does not consume the caller's RNG stream
-            torch.manual_seed(0)
-            torch.nn.init.normal_(self.head.weight, std=hidden ** -0.5 * 0.1)
-        torch.nn.init.zeros_(self.head.bias)
+        self.head = scalar_head(backbone.config.hidden_size)
         self._sep = tokenizer.encode(step_sep, add_special_tokens=False)
         if not self._sep:
             raise CredoError(f"PRM: the step separator {step_sep!r} tokenises to nothing")
@@ -98,51 +93,22 @@ class ProcessRewardModel(torch.nn.Module):
         return out
 
     def save(self, folder: str | Path, **meta) -> Path:
-        from safetensors.torch import save_file
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.backbone.save_pretrained(folder, safe_serialization=True)
-        self.tokenizer.save_pretrained(folder)
-        save_file({"weight": self.head.weight.detach().contiguous().cpu(),
-                   "bias": self.head.bias.detach().contiguous().cpu()}, str(folder / "prm_head.safetensors"))
         info = {"format": FORMAT, "step_sep": self.step_sep, "prompt_prefix": self.prompt_prefix,
                 "max_tokens": self.max_tokens, "hidden_size": int(self.head.weight.shape[1]),
                 **self.meta, **meta}
-        (folder / "prm.json").write_text(json.dumps(info, indent=2) + "\n")
-        return folder
+        return save_head_folder(folder, "prm", self.backbone, self.tokenizer, self.head, info)
 
     @classmethod
     def load(cls, folder: str | Path) -> "ProcessRewardModel":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         from credo.models import load_policy
 
         folder = Path(folder).expanduser()
-        info_path = folder / "prm.json"
-        if not info_path.is_file():
-            raise CredoError(f"PRM folder {folder} has no prm.json (train one with `credo train-prm`)")
-        try:
-            info = json.loads(info_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CredoError(f"{info_path}: not valid JSON ({exc})") from exc
-        if not isinstance(info, dict) or info.get("format") != FORMAT:
-            raise CredoError(f"{info_path}: field 'format' must be {FORMAT!r}")
+        info = read_head_info(folder, "prm", FORMAT, "PRM", "credo train-prm")
         policy = load_policy(str(folder))
         prm = cls(policy.model, policy.tokenizer, step_sep=info.get("step_sep", "\n"),
                   prompt_prefix=info.get("prompt_prefix", "Problem: "), max_tokens=int(info.get("max_tokens", 512)),
                   meta={k: v for k, v in info.items() if k not in ("format", "step_sep", "prompt_prefix", "max_tokens")})
-        try:
-            head = load_file(str(folder / "prm_head.safetensors"))
-        except (OSError, SafetensorError) as exc:
-            raise CredoError(f"{folder / 'prm_head.safetensors'}: cannot read the PRM head ({exc})") from exc
-        if head.get("weight") is None or tuple(head["weight"].shape) != tuple(prm.head.weight.shape):
-            raise CredoError(f"{folder / 'prm_head.safetensors'}: head weight must have shape "
-                             f"{tuple(prm.head.weight.shape)}")
-        with torch.no_grad():
-            prm.head.weight.copy_(head["weight"])
-            prm.head.bias.copy_(head["bias"])
+        load_head(folder, "prm", prm.head)
         return prm.eval()
 
 

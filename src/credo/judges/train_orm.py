@@ -31,6 +31,7 @@ import torch
 
 from credo.errors import CredoError
 from credo.gpu import resolve_precision
+from credo.judges.heads import head_optimizer
 from credo.judges.orm import OutcomeRewardModel, bradley_terry_loss
 
 
@@ -141,11 +142,7 @@ def train_rm(rm: OutcomeRewardModel, train: Sequence[PreferencePair], test: Sequ
         raise CredoError("train-rm: no training pairs")
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    head = list(rm.head.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in rm.parameters() if id(p) not in head_ids]
-    opt = torch.optim.AdamW([{"params": body, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}],
-                            weight_decay=0.0)
+    opt = head_optimizer(rm, rm.head, lr=settings.lr, head_lr=settings.head_lr)
     device = rm.head.weight.device
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     metrics: dict = {"loss": [], "accuracy": [], "seconds": 0.0}

@@ -24,6 +24,7 @@ import torch
 
 from credo.errors import CredoError
 from credo.gpu import resolve_precision
+from credo.judges.heads import head_optimizer
 from credo.judges.prm import ProcessRewardModel
 from credo.judges.prm_data import StepRow
 
@@ -107,11 +108,7 @@ def train_prm(prm: ProcessRewardModel, train_rows: Sequence[StepRow], test_rows:
         raise CredoError("train-prm: no training rows")
     torch.manual_seed(settings.seed)
     rng = random.Random(settings.seed)
-    head = list(prm.head.parameters())
-    head_ids = {id(p) for p in head}
-    body = [p for p in prm.parameters() if id(p) not in head_ids]
-    opt = torch.optim.AdamW([{"params": body, "lr": settings.lr}, {"params": head, "lr": settings.head_lr}],
-                            weight_decay=0.0)
+    opt = head_optimizer(prm, prm.head, lr=settings.lr, head_lr=settings.head_lr)
     device = prm.head.weight.device
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=settings.bf16)
     metrics: dict = {"loss": [], "auroc": [], "seconds": 0.0}
