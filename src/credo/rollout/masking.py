@@ -188,7 +188,7 @@ class NLPOSampler:
 MASKING_CATALOG = [
     Entry("nlpo", "NLPO's masked sampling: every decoding step restricted to the top-p set (0.9, >= 100 tokens) "
           "of a delayed copy of the policy, synced every 20 RL steps, checkpointed",
-          "NLPO, RL4LMs (arXiv 2210.01241)", "confirmed (masking rule: RL4LMs)",
+          "NLPO, RL4LMs (arXiv 2210.01241)", "reconstructed",
           "rollout.engine torch; rl.objective nlpo masks its loss with the same copy",
           training="works on the torch engine (vLLM and Ray have no per-step hook)"),
 ]
