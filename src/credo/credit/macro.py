@@ -589,7 +589,7 @@ def forced_summary_probe(ctx: StepContext, *, summary_tokens: int):
 
     def probe(b: int, t: int) -> float:
         prefix = batch.tokens[b, :t].tolist() + forced
-        seed = hash(("summary", b, t, int(batch.tokens[b].sum()))) % (2**31)
+        seed = hash((2, b, t, int(batch.tokens[b].sum()))) % (2**31)  # (ints only: str hashes vary per process)
         summaries = src.engine.generate([prefix], src.probe_samples, params, seed=seed)[0]
         scores = []
         for summary in summaries:
