@@ -8,6 +8,7 @@
    on the warm-up policy's own samples, Bradley-Terry training, held-out pairwise accuracy;
 3. reward model: GRPO from the same warm-up model (warmup.steps 0) with rl.reward_model rm:<folder>,
    same seed and steps: the reward is the model's logit, never the verifier's.
+Finished runs and a trained reward model under --runs are reused.
 
 Reports held-out greedy accuracy (the task's verifier, 500 problems) before and after RL, seconds per RL
 step, the reward model's held-out pairwise accuracy and its seconds per step. Results:
@@ -64,7 +65,8 @@ def main() -> None:
         verifier = Path(args.verifier_run).resolve()
     else:
         verifier = out_dir / f"verifier_s{args.seed}"
-        credo(["train", *common, "--run.name", verifier.name, "--run.eval_base", "false"], "the verifier run")
+        if not (verifier / "summary.json").is_file():
+            credo(["train", *common, "--run.name", verifier.name, "--run.eval_base", "false"], "the verifier run")
     warm = verifier / "checkpoints" / "warmup" / "model"
     rm_dir = out_dir / f"rm_s{args.seed}"
     rm_wall = 0.0
@@ -74,8 +76,9 @@ def main() -> None:
     rm_info = json.loads((rm_dir / "orm.json").read_text())
     rm_metrics = json.loads((rm_dir / "metrics.json").read_text())
     rm_run = out_dir / f"rm_grpo_s{args.seed}"
-    credo(["train", *common, "--run.name", rm_run.name, "--model.name", str(warm), "--warmup.steps", "0",
-           "--run.eval_base", "true", "--rl.reward_model", f"rm:{rm_dir}"], "the reward-model run")
+    if not (rm_run / "summary.json").is_file():  # (a finished run is reused)
+        credo(["train", *common, "--run.name", rm_run.name, "--model.name", str(warm), "--warmup.steps", "0",
+               "--run.eval_base", "true", "--rl.reward_model", f"rm:{rm_dir}"], "the reward-model run")
     results = {"verifier": summarise(verifier, "warmup"), "reward_model": summarise(rm_run, "base"),
                "rm": {"held_out_pairwise_accuracy": rm_info["held_out_pairwise_accuracy"],
                       "accuracy_before": rm_metrics["accuracy_before"], "train_pairs": rm_info["train_pairs"],
