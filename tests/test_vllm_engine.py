@@ -385,6 +385,13 @@ def test_multiturn_episodes_through_the_engine(fake, policy, tmp_path):
 
 
 def test_vllm_resolves_to_tis_by_default():
+    def TrainConfig():  # (the precision resolved: only the engine's defaults are under test here)
+        from credo.config import TrainConfig as Config
+
+        cfg = Config()
+        cfg.model.precision = "fp32"
+        return cfg
+
     cfg = TrainConfig()
     cfg.rollout.engine = "vllm"
     assert resolve_rollout_defaults(cfg) and cfg.rl.is_correction == "tis"

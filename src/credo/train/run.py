@@ -239,7 +239,7 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError(f"unknown rl.loss_reduction {cfg.rl.loss_reduction!r}; valid: {', '.join(REDUCTIONS)}")
     if cfg.rl.critic_kind not in CRITIC_KINDS:
         raise CredoError(f"unknown rl.critic_kind {cfg.rl.critic_kind!r}; valid: {', '.join(CRITIC_KINDS)}")
-    if cfg.model.precision not in PRECISIONS:
+    if cfg.model.precision not in PRECISIONS and cfg.model.precision != "auto":  # (auto: resolved in setup)
         raise CredoError(f"unknown model.precision {cfg.model.precision!r}; valid: {', '.join(PRECISIONS)}")
     if cfg.rl.spo_prioritized:
         protocol = credit_state_of(CREDIT.get(cfg.rl.credit))
