@@ -286,16 +286,18 @@ class RolloutConfig:
     """Rollout engine: "torch" (the in-process KV-cache sampler, CPU or one GPU), "vllm" (GPU only,
     imported only when chosen) or "ray" (ray_workers Ray actors, each with its own policy copy and a
     torch engine; rollout/ray_engine.py)."""
-    sampler: Annotated[str, OneOf(("independent", "tree", "nlpo", "slate"))] = "independent"
+    sampler: Annotated[str, OneOf(("independent", "tree", "nlpo", "slate", "vpr"))] = "independent"
     """How the rl.group_size completions of a prompt are drawn in RL steps (rollout/samplers.py):
     "independent" samples; "tree" = SPO-tree's segment tree (branching at every segment_len tokens;
     rl.group_size must equal prod(branching)); "slate" = SLATE's truncated step-level siblings
     (rl.group_size = siblings x depth); "nlpo" = NLPO's masked sampling (every step restricted to
-    the top-p set of a delayed copy of the policy; torch engine; rollout/masking.py). Evaluation always
-    samples independently."""
+    the top-p set of a delayed copy of the policy; torch engine; rollout/masking.py); "vpr" = VPR's
+    state groups (multi-turn tasks: K candidate actions at every visited state, the best one committed;
+    rl.group_size = candidates x turns; rollout/state_groups.py). Evaluation always samples independently."""
     sampler_params: dict[str, Any] = field(default_factory=dict)
     """Keyword parameters of the sampler (tree: branching [2, 2], segment_len 30; slate: siblings 4, depth 2,
-    step_end "\\n"; nlpo: update_every 20, top_p 0.9, min_tokens_to_keep 100)."""
+    step_end "\\n"; nlpo: update_every 20, top_p 0.9, min_tokens_to_keep 100; vpr: candidates 4, turns 4,
+    oracle "truth")."""
     # -- Ray (read only when engine = "ray"; see rollout/ray_engine.py) ----------------------------
     ray_workers: Annotated[int, Range(lo=1)] = 2
     """Rollout worker actors; each samples a contiguous share of the step's prompts."""

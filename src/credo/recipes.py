@@ -109,6 +109,12 @@ _recipe("a2tgpo", "A2TGPO: Agentic Turn-Group Policy Optimization with Adaptive 
         "by the IG-adaptive clip scale (multi-turn tasks)",
         rl__objective="a2tgpo", rl__credit="a2tgpo", rl__loss_reduction="token_mean", rl__kl_coef=0.0)
 
+_recipe("vpr", "VPR: Verifiable Process Rewards (arXiv 2605.10325)",
+        "state-group rollout: 4 candidate actions at each of 4 visited states scored by the task's oracle, the best "
+        "committed; oracle score minus the state mean, whitened, flat states masked; token-mean (multi-turn tasks)",
+        rl__objective="grpo", rl__credit="vpr", rl__loss_reduction="token_mean", rl__group_size=16,
+        rollout__sampler="vpr")
+
 # Objectives whose paper fixes the estimator and / or the reduction they run with: choosing the
 # objective alone applies these to the fields the user left unset.
 PAIRINGS: dict[str, dict[str, Any]] = {

@@ -564,7 +564,7 @@ CATALOG = [
     Entry("vpr", "oracle reward minus the state-group mean, whitened over the batch; equal-reward states masked",
           "VPR: Verifiable Process Rewards (arXiv 2605.10325)", "confirmed",
           "groups, turns, step_rewards (oracle score), step_keys (state of each candidate)",
-          training="partly: no sampler branches candidate actions from one state; state groups form only where multi-turn rollouts revisit a state (keyvalue)"),
+          training="works with rollout.sampler vpr (--recipe vpr: K candidate actions branched at every visited state, scored by the task's turn truth; the paper's game solvers are not bundled)"),
 ]
 
 

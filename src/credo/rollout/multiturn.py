@@ -86,6 +86,22 @@ def turn_seed(seed: int, turn: int) -> int:
     return (int(seed) * 1_000_003 + 7_919 * (turn + 1)) % (2**63 - 1)
 
 
+def env_step(task: MultiTurnTask, state: Any, action_text: str) -> tuple[str | None, float, Any, float, int]:
+    """(observation or None, turn reward, next state, turn truth, env errors 0/1) of one action.
+
+    A `step` that raises, or a non-finite reward or truth, ends the episode with reward and truth 0
+    and one env error; the state is then left as it was."""
+    try:
+        observation, reward, after = task.step(state, action_text)
+        truth = float(task.turn_truth(after))
+        reward = float(reward)
+        if not (math.isfinite(reward) and math.isfinite(truth)):
+            raise ValueError(f"non-finite turn reward {reward} or truth {truth}")
+    except Exception:  # noqa: BLE001 - an environment bug ends one episode, not the run
+        return None, 0.0, state, 0.0, 1
+    return observation, reward, after, truth, 0
+
+
 @dataclass
 class _Trajectory:
     prompt_ids: list[int]
@@ -122,15 +138,9 @@ class _Trajectory:
         self.spans.append((start, len(self.tokens)))
         self.parts.append(action.text)
         self.texts.append(action.text)
-        try:
-            observation, reward, self.state = task.step(self.state, action.text)
-            truth = float(task.turn_truth(self.state))
-            reward = float(reward)
-            if not (math.isfinite(reward) and math.isfinite(truth)):
-                raise ValueError(f"non-finite turn reward {reward} or truth {truth}")
-        except Exception:  # noqa: BLE001 - an environment bug ends one episode, not the run
-            observation, reward, truth = None, 0.0, 0.0
-            self.env_errors += 1
+        observation, reward, state, truth, error = env_step(task, self.state, action.text)
+        self.state = state
+        self.env_errors += error
         self.rewards.append(reward)
         self.truth.append(truth)
         if observation is None:

@@ -225,3 +225,9 @@ from credo.rollout.masking import MASKING_CATALOG, NLPOSampler  # noqa: E402
 
 SAMPLERS.register("nlpo")(NLPOSampler)
 SAMPLERS_CATALOG += MASKING_CATALOG
+
+# VPR's state-group sampler branches multi-turn episodes (rollout/state_groups.py)
+from credo.rollout.state_groups import VPR_CATALOG, VPRSampler  # noqa: E402
+
+SAMPLERS.register("vpr")(VPRSampler)
+SAMPLERS_CATALOG += VPR_CATALOG

@@ -95,6 +95,9 @@ def generate_groups(engine: RolloutEngine, tokenizer, task: Task, examples: Sequ
             return sampler.generate(engine, tokenizer, prompts, n, sampling, seed)
         return engine.generate(prompts, n, sampling, seed=seed)
     context = None if max_prompt_tokens is None else max_prompt_tokens + sampling.max_new_tokens
+    if sampler is not None and getattr(sampler, "multiturn", False):  # e.g. VPR's state groups
+        return sampler.generate_multiturn(engine, tokenizer, task, examples, prompts, n, sampling, seed,
+                                          max_context_tokens=context)
     return generate_multiturn(engine, tokenizer, task, examples, prompts, n, sampling, seed,
                               max_context_tokens=context)
 

@@ -201,9 +201,13 @@ def validate(cfg: TrainConfig) -> None:
         from credo.tasks import TASKS
 
         task = TASKS._items.get(cfg.task.name)  # (an unknown name is reported where the task is built)
-        if task is not None and is_multiturn(task):
+        branches_turns = getattr(sampler, "multiturn", False)  # VPR's state groups (rollout/state_groups.py)
+        if task is not None and is_multiturn(task) and not branches_turns:
             raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} with the multi-turn task {cfg.task.name!r} is not "
                              f"built yet (turns are drawn by the turn-by-turn driver); use rollout.sampler independent")
+        if task is not None and not is_multiturn(task) and branches_turns:
+            raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} branches the states of multi-turn episodes, but "
+                             f"task {cfg.task.name!r} is single-turn; use a multi-turn task (keyvalue)")
         if getattr(sampler, "needs_guide", False) and cfg.rollout.engine != "torch":
             raise CredoError(f"rollout.sampler {cfg.rollout.sampler!r} masks every decoding step: it needs "
                              f"rollout.engine \"torch\" (rollout.engine is {cfg.rollout.engine!r})")
