@@ -3,8 +3,10 @@ prefix tokens, only the candidate step is trainable, the continuing candidate ex
 ends fill the group with untrainable copies, and in training the judge scores each candidate in its
 prefix's context and the slate estimator takes the score minus the siblings' mean."""
 
+import sys
+from pathlib import Path
+
 import pytest
-import torch
 
 from credo.batch import build_batch
 from credo.credit import CREDIT
@@ -12,11 +14,14 @@ from credo.credit.providers import CreditSources, StepContext
 from credo.errors import CredoError
 from credo.judges.synthetic import SyntheticJudge
 from credo.models import load_policy
-from credo.rollout.base import Completion, SamplingParams
+from credo.rollout.base import SamplingParams
 from credo.rollout.samplers import make_sampler
 from credo.tasks import make_task
 from credo.tasks.base import Example
 from credo.train.credit_inputs import build_credit_inputs
+
+sys.path.insert(0, str(Path(__file__).parent))
+from scripted_engine import ScriptEngine  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,30 +29,11 @@ def tok():
     return load_policy("tiny", seed=0).tokenizer
 
 
-class LineEngine:
-    """Answers call d with the scripted candidate texts of depth d; records the prompts."""
-
-    def __init__(self, tok, script):
-        self.tok, self.script, self.calls = tok, script, []
-
-    def generate(self, prompts, n, params, seed=0):
-        self.calls.append(([list(p) for p in prompts], n, params))
-        texts = self.script[len(self.calls) - 1]
-        out = []
-        for p in prompts:
-            group = []
-            for t in texts[:n]:
-                ids = self.tok.encode(t, add_special_tokens=False)
-                group.append(Completion(list(p), ids, [-0.5] * len(ids), [True] * len(ids), "stop", t))
-            out.append(group)
-        return out
-
-
 SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=40, stop=("</answer>",))
 
 
 def test_siblings_share_their_prefix_and_only_the_candidate_is_trained(tok):
-    engine = LineEngine(tok, [["20+40=60\n", "20+40=61\n", "<answer>68</answer>"], ["3+5=8\n", "3+5=9\n", "3+5=7\n"]])
+    engine = ScriptEngine(tok, [["20+40=60\n", "20+40=61\n", "<answer>68</answer>"], ["3+5=8\n", "3+5=9\n", "3+5=7\n"]])
     sampler = make_sampler("slate", {"siblings": 3, "depth": 2})
     prompt = tok.encode("What is 23+45?", add_special_tokens=False)
     (group,) = sampler.generate(engine, tok, [prompt], 6, SAMPLING, seed=0)
@@ -67,7 +53,7 @@ def test_siblings_share_their_prefix_and_only_the_candidate_is_trained(tok):
 
 
 def test_a_trajectory_that_ends_early_fills_its_group_with_untrainable_copies(tok):
-    engine = LineEngine(tok, [["<answer>1</answer>", "<answer>2</answer>"]])
+    engine = ScriptEngine(tok, [["<answer>1</answer>", "<answer>2</answer>"]])
     (group,) = make_sampler("slate", {"siblings": 2, "depth": 3}).generate(
         engine, tok, [tok.encode("q", add_special_tokens=False)], 6, SAMPLING, seed=0)
     assert len(engine.calls) == 1 and len(group) == 6
@@ -84,7 +70,7 @@ def test_group_size_must_match(tok):
 
 def test_in_training_each_candidate_is_judged_in_context_against_its_siblings(tok):
     # depth 0: one right and one wrong first step; depth 1 from the chosen prefix: right, wrong
-    engine = LineEngine(tok, [["20+40=60\n", "20+40=61\n"], ["3+5=8\n", "3+5=9\n"]])
+    engine = ScriptEngine(tok, [["20+40=60\n", "20+40=61\n"], ["3+5=8\n", "3+5=9\n"]])
     prompt = tok.encode("What is 23+45?", add_special_tokens=False)
     (group,) = make_sampler("slate", {"siblings": 2, "depth": 2}).generate(engine, tok, [prompt], 4, SAMPLING, seed=0)
     batch = build_batch(group, [0.0] * 4, [0] * 4, pad_id=0)

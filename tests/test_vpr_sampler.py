@@ -8,14 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from credo.batch import build_batch
 from credo.credit import CREDIT
 from credo.credit.providers import CreditSources, StepContext
 from credo.errors import CredoError
 from credo.models import load_policy
-from credo.rollout.base import Completion, SamplingParams
+from credo.rollout.base import SamplingParams
 from credo.rollout.samplers import make_sampler
 from credo.tasks import TASKS, make_task
 from credo.tasks.base import Example
@@ -25,6 +24,7 @@ from credo.train.evaluate import generate_groups
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fixture_tasks import TalkativeParity, tiny_run  # noqa: E402
+from scripted_engine import ScriptEngine  # noqa: E402
 
 SAMPLING = SamplingParams(temperature=1.0, max_new_tokens=16, stop=())
 # chain a -> b -> 47 (depth 2); c is a distractor
@@ -35,25 +35,6 @@ EXAMPLE = Example("What is the value of the value of a?", "47", "",
 @pytest.fixture(scope="module")
 def tok():
     return load_policy("tiny", seed=0).tokenizer
-
-
-class ScriptEngine:
-    """Answers call d with the scripted candidate texts of depth d; records prompts and seeds."""
-
-    def __init__(self, tok, script):
-        self.tok, self.script, self.calls = tok, script, []
-
-    def generate(self, prompts, n, params, seed=0):
-        self.calls.append(([list(p) for p in prompts], n, params, seed))
-        texts = self.script[len(self.calls) - 1]
-        out = []
-        for p in prompts:
-            group = []
-            for t in texts[:n]:
-                ids = self.tok.encode(t, add_special_tokens=False)
-                group.append(Completion(list(p), ids, [-0.25] * len(ids), [True] * len(ids), "stop", t))
-            out.append(group)
-        return out
 
 
 def _ids(tok, text):
