@@ -18,7 +18,7 @@ import torch
 
 from credo.entry import Entry
 from credo.credit.base import CREDIT, CreditInputs, token_level
-from credo.credit.providers import StepContext, provides_extras
+from credo.credit.providers import StepContext, mean_continuation_score, provides_extras
 from credo.rollout.base import SamplingParams
 
 # -- MA-RLHF ---------------------------------------------------------------------------------------
@@ -590,15 +590,7 @@ def forced_summary_probe(ctx: StepContext, *, summary_tokens: int):
     def probe(b: int, t: int) -> float:
         prefix = batch.tokens[b, :t].tolist() + forced
         seed = hash((2, b, t, int(batch.tokens[b].sum()))) % (2**31)  # (ints only: str hashes vary per process)
-        summaries = src.engine.generate([prefix], src.probe_samples, params, seed=seed)[0]
-        scores = []
-        for summary in summaries:
-            try:
-                scores.append(float(src.task.score(head + summary.text, ctx.examples[b]).reward))
-            except Exception:  # a verifier must not crash training; score it as a failure
-                scores.append(0.0)
-        src.counters["probe_rollouts"] += len(summaries)
-        return sum(scores) / len(scores)
+        return mean_continuation_score(ctx, b, prefix, params, seed, head)
 
     return probe
 

@@ -33,8 +33,8 @@ The trainer (`train/credit_inputs.py`) never names a method: it asks `extras_pro
 `steps_provider_of(credit)` and `step_reward_transform_of(credit)` and calls what it gets.
 
 `CreditSources` (what the runner binds once: model, tokenizer, engine, task, judge, ...) and
-`StepContext` (one rollout batch) are what a provider reads; `token_texts`, `mc_probe` and
-`score_tokens` are the shared tools providers build on.
+`StepContext` (one rollout batch) are what a provider reads; `token_texts`, `mc_probe`,
+`mean_continuation_score` and `score_tokens` are the shared tools providers build on.
 """
 
 from __future__ import annotations
@@ -157,6 +157,23 @@ def token_texts(tokenizer, ids: Sequence[int], cache: dict[int, str]) -> list[st
     return out
 
 
+def mean_continuation_score(ctx: StepContext, b: int, prefix: Sequence[int], params: SamplingParams, seed: int,
+                            head: str) -> float:
+    """The mean verifier reward of `probe_samples` continuations of token ids `prefix`, each scored as
+    `head` + its text against row b's example (one engine call; counted as `probe_rollouts`). A
+    verifier that raises scores 0: model output never crashes training."""
+    src = ctx.sources
+    conts = src.engine.generate([list(prefix)], src.probe_samples, params, seed=seed)[0]
+    rewards = []
+    for cont in conts:
+        try:
+            rewards.append(float(src.task.score(head + cont.text, ctx.examples[b]).reward))
+        except Exception:  # a verifier must not crash training; score it as a failure
+            rewards.append(0.0)
+    src.counters["probe_rollouts"] += len(conts)
+    return sum(rewards) / len(rewards)
+
+
 def mc_probe(ctx: StepContext) -> Callable[[int, int], float]:
     """probe(b, t): mean reward of `probe_samples` continuations of row b's prefix tokens[b, :t]."""
     src, batch = ctx.sources, ctx.batch
@@ -176,16 +193,8 @@ def mc_probe(ctx: StepContext) -> Callable[[int, int], float]:
             params = SamplingParams(src.sampling.temperature, src.sampling.top_p, src.sampling.top_k,
                                     budget, src.sampling.stop)
             seed = hash((b, t, int(batch.tokens[b].sum()))) % (2**31)
-            conts = src.engine.generate([prefix], src.probe_samples, params, seed=seed)[0]
             head = src.tokenizer.decode(done, skip_special_tokens=True)
-            rewards = []
-            for cont in conts:
-                try:
-                    rewards.append(float(src.task.score(head + cont.text, ctx.examples[b]).reward))
-                except Exception:  # a verifier must not crash training; score it as a failure
-                    rewards.append(0.0)
-            src.counters["probe_rollouts"] += len(conts)
-            value = sum(rewards) / len(rewards)
+            value = mean_continuation_score(ctx, b, prefix, params, seed, head)
         cache[(b, t)] = value
         return value
 
