@@ -77,3 +77,33 @@ def head_optimizer(model: torch.nn.Module, head: torch.nn.Module, *, lr: float, 
     ids = {id(p) for p in head_params}
     body = [p for p in model.parameters() if id(p) not in ids]
     return torch.optim.AdamW([{"params": body, "lr": lr}, {"params": head_params, "lr": head_lr}], weight_decay=0.0)
+
+
+def add_head_training_args(p, *, steps: int) -> None:
+    """The optimisation flags `credo train-prm` and `credo train-rm` share (argparse parser p)."""
+    p.add_argument("--steps", type=int, default=steps)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-5, help="backbone learning rate")
+    p.add_argument("--head-lr", type=float, default=1e-3, help="scoring head learning rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                   help="auto: bf16 where the hardware has it natively, else fp32 (credo/gpu.py)")
+    p.add_argument("--threads", type=int, default=0)
+
+
+def check_head_training_args(command: str, args, counts: tuple[str, ...]) -> Path:
+    """Refuse non-positive counts (`counts` plus steps and batch size) and learning rates, and an --out
+    folder that exists (nothing is overwritten); set the thread count. Returns the --out path."""
+    for name in counts + ("steps", "batch_size"):
+        if getattr(args, name) < 1:
+            raise CredoError(f"{command}: --{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
+    for name in ("lr", "head_lr"):
+        value = getattr(args, name)
+        if not value > 0 or value != value:
+            raise CredoError(f"{command}: --{name.replace('_', '-')} must be > 0 (got {value})")
+    out = Path(args.out)
+    if out.exists():
+        raise CredoError(f"{command}: --out {out} already exists (nothing was overwritten)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return out

@@ -31,7 +31,7 @@ import torch
 
 from credo.errors import CredoError
 from credo.gpu import resolve_precision
-from credo.judges.heads import head_optimizer
+from credo.judges.heads import add_head_training_args, check_head_training_args, head_optimizer
 from credo.judges.orm import OutcomeRewardModel, bradley_terry_loss
 
 
@@ -189,15 +189,8 @@ def add_parser(sub) -> None:
     p.add_argument("--samples", type=int, default=4, help="samples per prompt (--task)")
     p.add_argument("--pairs-per-prompt", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=32, help="sample length (--task)")
-    p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--center-coef", type=float, default=0.0, help="TRL's center_rewards_coefficient (0: off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 where the hardware has it natively, else fp32 (credo/gpu.py)")
-    p.add_argument("--threads", type=int, default=0)
+    add_head_training_args(p, steps=200)
     p.set_defaults(func=cmd_train_rm)
 
 
@@ -209,18 +202,8 @@ def cmd_train_rm(args, rest) -> int:
         raise CredoError(f"train-rm: unknown arguments {' '.join(rest)}")
     if (args.pairs is None) == (args.task is None):
         raise CredoError("train-rm: give exactly one of --pairs FILE or --task NAME")
-    for name in ("train_size", "test_size", "samples", "pairs_per_prompt", "max_new_tokens", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CredoError(f"train-rm: --{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
-    for name in ("lr", "head_lr"):
-        value = getattr(args, name)
-        if not value > 0 or value != value:
-            raise CredoError(f"train-rm: --{name.replace('_', '-')} must be > 0 (got {value})")
-    out = Path(args.out)
-    if out.exists():
-        raise CredoError(f"train-rm: --out {out} already exists (nothing was overwritten)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out = check_head_training_args("train-rm", args,
+                                   ("train_size", "test_size", "samples", "pairs_per_prompt", "max_new_tokens"))
     policy = load_policy(args.model, seed=args.seed)
     stats: dict[str, float] = {}
     if args.pairs is not None:

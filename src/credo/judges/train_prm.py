@@ -17,14 +17,13 @@ import json
 import random
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from credo.errors import CredoError
 from credo.gpu import resolve_precision
-from credo.judges.heads import head_optimizer
+from credo.judges.heads import add_head_training_args, check_head_training_args, head_optimizer
 from credo.judges.prm import ProcessRewardModel
 from credo.judges.prm_data import StepRow
 
@@ -180,14 +179,7 @@ def add_parser(sub) -> None:
     p.add_argument("--test-size", type=int, default=300, help="held-out problems")
     p.add_argument("--per-example", type=int, default=1, help="solutions per problem")
     p.add_argument("--mc-n", type=int, default=4, help="continuations per step (--labels mc)")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-5)
-    p.add_argument("--head-lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                   help="auto: bf16 where the hardware has it natively, else fp32 (credo/gpu.py)")
-    p.add_argument("--threads", type=int, default=0)
+    add_head_training_args(p, steps=300)
     p.set_defaults(func=cmd_train_prm)
 
 
@@ -197,18 +189,7 @@ def cmd_train_prm(args, rest) -> int:
 
     if rest:
         raise CredoError(f"train-prm: unknown arguments {' '.join(rest)}")
-    for name in ("train_size", "test_size", "per_example", "mc_n", "steps", "batch_size"):
-        if getattr(args, name) < 1:
-            raise CredoError(f"train-prm: --{name.replace('_', '-')} must be >= 1 (got {getattr(args, name)})")
-    for name in ("lr", "head_lr"):
-        value = getattr(args, name)
-        if not value > 0 or value != value:
-            raise CredoError(f"train-prm: --{name.replace('_', '-')} must be > 0 (got {value})")
-    out = Path(args.out)
-    if out.exists():
-        raise CredoError(f"train-prm: --out {out} already exists (nothing was overwritten)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    out = check_head_training_args("train-prm", args, ("train_size", "test_size", "per_example", "mc_n"))
     params = {"difficulty": args.difficulty} if args.task == "arith" else {}
     task = make_task(args.task, **params)
     policy = load_policy(args.model, seed=args.seed)
