@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = ROOT / "runs" / "gpu_bench"  # run folders and vLLM work files (runs/ is git-ignored)
 
 
 def require_gpu() -> None:
@@ -104,7 +105,7 @@ def credo_rl_steps(args, model_name: str) -> dict:
     cfg.rl.steps, cfg.rl.prompts_per_step, cfg.rl.group_size = args.steps, args.prompts // args.group or 1, args.group
     cfg.rl.minibatches = 1
     cfg.sampling.max_new_tokens = args.max_new_tokens
-    cfg.run.out_dir, cfg.run.name, cfg.run.progress = "/tmp/credo_gpu_bench", f"credo-{int(time.time())}", False
+    cfg.run.out_dir, cfg.run.name, cfg.run.progress = str(SCRATCH), f"credo-{int(time.time())}", False
     run = setup(cfg)
     from credo.train.rl import rl_step
 
@@ -152,7 +153,7 @@ def trl_rl_steps(args, model_dir: str) -> dict:
             times.append({"seconds": time.perf_counter() - self.t})
 
     per_step = max(1, args.prompts // args.group) * args.group
-    config = GRPOConfig(output_dir="/tmp/credo_gpu_bench/trl", per_device_train_batch_size=per_step,
+    config = GRPOConfig(output_dir=str(SCRATCH / "trl"), per_device_train_batch_size=per_step,
                         num_generations=args.group, max_completion_length=args.max_new_tokens,
                         max_steps=args.steps, learning_rate=1.5e-5, bf16=True, use_vllm=True,
                         vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, vllm_enable_sleep_mode=True, logging_steps=1,
@@ -186,7 +187,7 @@ def part_generation(args) -> dict:
     _, result["torch_engine"] = time_generation(torch_engine, prompts, args.group, sampling)
     result["memory_torch_engine"] = gpu_memory()
     engine = VLLMEngine(policy.model, policy.tokenizer, VLLMSettings(sleep_mode=False, gpu_memory_utilization=0.4),
-                        source=policy.source, work_dir="/tmp/credo_gpu_bench")
+                        source=policy.source, work_dir=str(SCRATCH))
     groups, result["vllm_engine"] = time_generation(engine, prompts, args.group, sampling)
     result["memory_vllm_engine"] = gpu_memory()
     completions = [c for g in groups for c in g]

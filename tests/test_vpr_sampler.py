@@ -53,7 +53,7 @@ def test_candidates_share_the_committed_history_and_the_best_one_advances(tok):
     assert len(group) == 9 and [c.meta["vpr_state"] for c in group] == [0] * 3 + [1] * 3 + [2] * 3
     assert [c.meta["turn_rewards"][0] for c in group] == [0.0, 1.0, -1.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     assert [c.meta["turn_env_rewards"][0] for c in group] == [0.0, 0.1, -0.1, 0.1, 0.1, 0.0, 1.0, 0.0, 1.0]
-    assert all("</call>" in engine.calls[0][2].stop and "</answer>" in engine.calls[0][2].stop for _ in [0])
+    assert "</call>" in engine.calls[0][2].stop and "</answer>" in engine.calls[0][2].stop
     # depth 1 was sampled from: the committed "<call>a</call>" and the table's observation of a
     history1 = _ids(tok, "<call>a</call>") + _ids(tok, observation_text("b"))
     assert engine.calls[1][0] == [prompt + history1]

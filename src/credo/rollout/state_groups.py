@@ -37,7 +37,7 @@ from typing import Sequence
 from credo.entry import Entry
 from credo.errors import CredoError
 from credo.rollout.base import Completion, SamplingParams
-from credo.rollout.multiturn import MultiTurnTask, env_step, turn_seed
+from credo.rollout.multiturn import MultiTurnTask, _Trajectory, env_step, turn_seed
 from credo.rollout.weights import request_seed
 from credo.tasks.base import Example
 
@@ -77,66 +77,50 @@ class VPRSampler:
         self.check(n, sampling.max_new_tokens)
         turns = min(self.turns, task.max_turns)
         per_turn = dataclasses.replace(sampling, stop=tuple(dict.fromkeys(tuple(sampling.stop) + tuple(task.turn_stop))))
-        new = sampling.max_new_tokens
-        # the committed episode of each prompt: state, tokens, logprobs, trainable flags, transcript parts
-        episodes = [{"state": task.reset(ex), "tokens": [], "lps": [], "parts": [], "obs": [], "live": True}
-                    for ex in examples]
-
-        def fits(p: int, extra: int) -> bool:
-            return max_context_tokens is None or len(prompts[p]) + len(episodes[p]["tokens"]) + extra + new <= max_context_tokens
-
+        budget, new = max_context_tokens, sampling.max_new_tokens
+        # the committed episode of each prompt (the driver's trajectory; its actions are only ever history here)
+        episodes = [_Trajectory(list(prompt), task.reset(ex)) for ex, prompt in zip(examples, prompts)]
+        for ep in episodes:
+            ep.live = ep.room(0, budget, new)
         groups: list[list[Completion]] = [[] for _ in prompts]
-        for p in range(len(prompts)):
-            if not fits(p, 0):
-                episodes[p]["live"] = False
         for d in range(turns):
-            alive = [p for p in range(len(prompts)) if episodes[p]["live"]]
+            alive = [p for p, ep in enumerate(episodes) if ep.live]
             if not alive:
                 break
-            out = engine.generate([list(prompts[p]) + episodes[p]["tokens"] for p in alive], self.candidates, per_turn,
-                                  seed=turn_seed(seed, d))
+            out = engine.generate([episodes[p].prompt_ids + episodes[p].tokens for p in alive], self.candidates,
+                                  per_turn, seed=turn_seed(seed, d))
             rng = random.Random(request_seed(seed + self.seed_offset, 2000 + d))
             for p, cands in zip(alive, out):
-                ep = episodes[p]
-                key = tuple(ep["obs"])
-                stepped = []
-                for j, c in enumerate(cands):
-                    observation, reward, after, truth, error = env_step(task, ep["state"], c.text)
-                    score = truth if self.oracle == "truth" else reward
-                    stepped.append((observation, after))
-                    start = len(ep["tokens"])
+                ep, start = episodes[p], len(episodes[p].tokens)
+                stepped = [env_step(task, ep.state, c.text) for c in cands]  # (obs, reward, state, truth, error)
+                scores = [truth if self.oracle == "truth" else reward for _, reward, _, truth, _ in stepped]
+                chosen = rng.choice([j for j, score in enumerate(scores) if score == max(scores)])
+                for j, (c, (observation, reward, _, truth, error)) in enumerate(zip(cands, stepped)):
                     groups[p].append(Completion(
-                        prompt_ids=list(prompts[p]), token_ids=ep["tokens"] + list(c.token_ids),
-                        logprobs=ep["lps"] + list(c.logprobs),
-                        trainable=[False] * start + list(c.trainable),
-                        finish_reason=c.finish_reason,
-                        text="".join(ep["parts"]) + c.text,
-                        meta={"turn_spans": [(start, start + len(c.token_ids))], "turn_rewards": [score],
-                              "turn_env_rewards": [reward], "turn_keys": [key], "turn_truth": [truth],
-                              "turn_texts": [c.text], "turns": 1, "end": "env" if observation is None else "vpr_branch",
-                              "env_errors": error, "vpr_state": d, "vpr_candidate": j, "vpr_committed": False},
+                        prompt_ids=list(ep.prompt_ids), token_ids=ep.tokens + list(c.token_ids),
+                        logprobs=ep.logprobs + list(c.logprobs), trainable=[False] * start + list(c.trainable),
+                        finish_reason=c.finish_reason, text="".join(ep.parts) + c.text,
+                        meta={"turn_spans": [(start, start + len(c.token_ids))], "turn_rewards": [scores[j]],
+                              "turn_env_rewards": [reward], "turn_keys": [tuple(ep.observations)],
+                              "turn_truth": [truth], "turn_texts": [c.text], "turns": 1,
+                              "end": "env" if observation is None else "vpr_branch", "env_errors": error,
+                              "vpr_state": d, "vpr_candidate": j, "vpr_committed": j == chosen},
                         weight_version=c.weight_version))
-                row = groups[p][-len(cands):]
-                best = max(r.meta["turn_rewards"][0] for r in row)
-                chosen = rng.choice([j for j, r in enumerate(row) if r.meta["turn_rewards"][0] == best])
-                row[chosen].meta["vpr_committed"] = True
-                observation, after = stepped[chosen]
-                c = cands[chosen]
+                observation, _, after, _, _ = stepped[chosen]
                 if observation is None or d == turns - 1:
-                    ep["live"] = False
+                    ep.live = False
                     continue
+                c = cands[chosen]
+                ep.state = after
+                ep.tokens += list(c.token_ids)
+                ep.logprobs += list(c.logprobs)
+                ep.trainable += [False] * len(c.token_ids)
+                ep.parts.append(c.text)
                 ids = list(tokenizer(observation, add_special_tokens=False)["input_ids"])
-                ep["state"] = after
-                ep["tokens"] += list(c.token_ids)
-                ep["lps"] += list(c.logprobs)
-                ep["parts"].append(c.text)
-                if not fits(p, len(ids)):
-                    ep["live"] = False
+                if not ep.room(len(ids), budget, new):
+                    ep.live = False
                     continue
-                ep["tokens"] += ids
-                ep["lps"] += [0.0] * len(ids)
-                ep["parts"].append(observation)
-                ep["obs"].append(observation.strip())
+                ep.observe(observation, ids)
         for group in groups:  # an episode that ended early: untrainable copies keep n rows
             last = group[-self.candidates:]
             while len(group) < n:
