@@ -4,6 +4,8 @@
     credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500] [--samples 8]
     credo generate --model PATH "What is 2+3?"
     credo list [presets|recipes|tasks|objectives|credit|corrections|samplers|entropy]
+    credo compare --preset tiny --recipes grpo,dapo --seeds 0,1,2   (credo/report/compare.py)
+    credo report RUN_OR_COMPARE_DIR...
 
 User errors (unknown names, missing files, malformed data) print `error: ...` and exit with status 2.
 """
@@ -230,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     from credo.judges import train_orm
 
     train_orm.add_parser(sub)  # `credo train-rm`: an outcome reward model from preference pairs
+    from credo.report import compare
+
+    compare.add_parsers(sub)  # `credo compare` (arms x seeds -> report) and `credo report` (rebuild one)
     return parser
 
 

@@ -131,3 +131,42 @@ class LineProgress:
     def close(self) -> None:
         if self.n and self.n != self._last:
             self._line()
+
+
+class JobClock:
+    """The whole job's ETA across its stages, shown beside each stage's progress bar (`job_eta=`).
+
+    units: what is left of each kind of work ({"warmup": steps, "rl": steps, "eval": evaluations}).
+    remaining = sum over kinds of (units left x the mean seconds one unit of that kind took so far).
+    A kind with units left that has not been timed yet (RL steps during the warm-up) makes the ETA
+    unknown ("?" in `text`) rather than a guess; from the first RL step on every kind left is timed.
+    """
+
+    def __init__(self, units: dict[str, int]):
+        self.left = {k: max(0, int(v)) for k, v in units.items()}
+        self.spent = {k: 0.0 for k in units}
+        self.count = {k: 0 for k in units}
+
+    def done(self, kind: str, seconds: float) -> None:
+        """One unit of `kind` finished in `seconds`."""
+        self.left[kind] = max(0, self.left.get(kind, 0) - 1)
+        self.spent[kind] = self.spent.get(kind, 0.0) + seconds
+        self.count[kind] = self.count.get(kind, 0) + 1
+
+    def eta(self) -> float | None:
+        """Seconds left (None while a kind with units left is untimed)."""
+        total = 0.0
+        for kind, left in self.left.items():
+            if left == 0:
+                continue
+            if not self.count.get(kind):
+                return None
+            total += left * self.spent[kind] / self.count[kind]
+        return total
+
+    def text(self) -> str:
+        eta = self.eta()
+        if eta is None:
+            return "?"
+        seconds = int(round(eta))
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

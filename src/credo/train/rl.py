@@ -23,7 +23,7 @@ from credo.faults import maybe_die
 from credo.logprobs import OUTPUT_NEEDS, policy_outputs, token_logprobs
 from credo.objectives.base import needs_of, wants_outputs, wants_step
 from credo.objectives.reduce import reduce_loss
-from credo.rollout.base import RolloutEngine, SamplingParams
+from credo.rollout.base import Completion, RolloutEngine, SamplingParams
 from credo.rollout.torch_engine import autocast_context
 from credo.tasks.base import Example, Task
 from credo.credit.base import CreditState, credit_needs_of, is_token_level
@@ -511,6 +511,15 @@ def turn_metrics(completions) -> dict[str, float]:
             "env_errors": float(sum(c.meta.get("env_errors", 0) for c in completions))}
 
 
+def sampled_summary(completions: Sequence[Completion], scores: Sequence[Any]) -> dict[str, float]:
+    """Reward, accuracy, format rate and length of a set of scored completions (a step whose refill rounds
+    kept no group reports its first round's with these)."""
+    n = max(len(scores), 1)
+    return {"reward_mean": sum(s.reward for s in scores) / n, "accuracy": sum(s.correct for s in scores) / n,
+            "format_rate": sum(s.formatted for s in scores) / n,
+            "response_length": sum(len(c.token_ids) for c in completions) / max(len(completions), 1)}
+
+
 def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
             prompt_ids: Sequence[int] | None = None, slots: Sequence[int] | None = None) -> dict[str, float]:
     """One rollout batch: sample, score, credit, update. Returns the step's metrics.
@@ -550,9 +559,12 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     selection = {} if ctx.dynamic_sampling is None else ctx.dynamic_sampling(  # DAPO: mixed groups only, refilled
         ctx, step, examples, prompt_ids, completions, scores, group_ids, errors)
     if selection:
+        first_round = sampled_summary(completions, scores)
         examples, prompt_ids, completions, scores, group_ids, errors = selection.pop("batch")
         if not examples:  # every round gave uniform groups: nothing to learn from this step
-            return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **selection}
+            # the first round's rewards and the step's time still go into the curves (no gaps in a report)
+            return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **first_round, **selection,
+                    "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     if ctx.overlong is not None:  # DAPO's soft overlong punishment, added to the task reward
         rewards, length_metrics = ctx.overlong(rewards, torch.tensor([len(c.token_ids) for c in completions]))

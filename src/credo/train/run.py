@@ -51,7 +51,8 @@ from credo.train.checkpoint import (Checkpoint, load_credit_state, load_into, lo
                                     save_checkpoint)
 from credo.train.evaluate import evaluate
 from credo.train.sampled_eval import evaluate_sampled, format_sampled
-from credo.train.logging import LineProgress, MetricsWriter, plot_curves, read_metrics, rewrite_metrics
+from credo.train.logging import JobClock, LineProgress, MetricsWriter, plot_curves, read_metrics, rewrite_metrics
+from credo.train.trackers import make_writer  # (run.trackers: TensorBoard, offline W&B)
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
@@ -121,12 +122,13 @@ def restore(run: "Run") -> Checkpoint | None:
         return checkpoint
     done = checkpoint.state.get("rl_step", 0)
     kept = [r for r in read_metrics(metrics_path)
-            if r["phase"] in ("warmup", "eval") and r.get("stage") != "rl"
-            or (r["phase"] == "rl" and r["step"] < done)]
+            if r["phase"] in ("warmup", "eval") and r.get("stage") not in ("rl", "rl_step")
+            or (r["phase"] == "rl" and r["step"] < done)
+            or (r.get("stage") == "rl_step" and r["step"] <= done)]  # (periodic evals: taken before the save)
     rewrite_metrics(metrics_path, kept)
     run.writer.reopen()
     for r in kept:
-        if r["phase"] == "eval":
+        if r["phase"] == "eval" and r.get("stage") != "rl_step":
             run.summary[r["stage"]] = {k: v for k, v in r.items() if k not in ("phase", "stage")}
     run.summary["resumed_from"] = checkpoint.folder.name
     return checkpoint
@@ -301,13 +303,16 @@ class Run:
     placement: Any = None  # several ranks: the wrapped policy and reference (credo/dist/wrap.py)
     lora: Any = None  # model.lora_rank > 0: credo.lora.LoRAPolicy (adapters injected into `model`)
     verifier: Any = None  # rollout.ray_verifiers > 0: rewards/verifier_pool.py::VerifierPool (set by rl_context)
+    clock: JobClock = dataclasses.field(default_factory=lambda: JobClock({}))  # the whole job's ETA (train())
 
     def saved(self) -> dict[str, Any]:
         """What a checkpoint saves as its model: peft's adapters only with LoRA, else the model."""
         return {"model": self.model} if self.lora is None else {"model": self.lora.peft_model}
 
-    def held_out(self, label: str) -> None:
-        """Greedy accuracy on the fixed held-out set, recorded under `label` (rank 0 only)."""
+    def held_out(self, label: str, step: int | None = None) -> None:
+        """Greedy accuracy on the fixed held-out set, recorded under `label` (rank 0 only). With `step`
+        (task.eval_every): a periodic evaluation after that many RL steps, stage "rl_step" in
+        metrics.jsonl only (the summary keeps base / warmup / rl)."""
         if not self.world.is_main:
             return
         t = time.perf_counter()
@@ -320,7 +325,14 @@ class Run:
                                            batch_size=self.cfg.task.eval_batch_size, seed=self.cfg.run.seed,
                                            max_prompt_tokens=max_prompt_tokens(self.model, self.sampling,
                                                                                self.engine)))
-        self.timings[f"eval_{label}"] = time.perf_counter() - t
+        seconds = time.perf_counter() - t
+        self.clock.done("eval", seconds)
+        if step is not None:
+            self.timings["eval_rl_steps"] = self.timings.get("eval_rl_steps", 0.0) + seconds
+            self.writer.write({"phase": "eval", "stage": "rl_step", "step": step, **result})
+            print(f"credo: held-out accuracy after RL step {step}: {result['accuracy']:.1%}", flush=True)
+            return
+        self.timings[f"eval_{label}"] = seconds
         self.summary[label] = result
         self.writer.write({"phase": "eval", "stage": label, **result})
         print(f"credo: held-out accuracy {label}: {result['accuracy']:.1%} "
@@ -366,7 +378,9 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     return Run(cfg, run_dir, task, test, policy.model, policy.tokenizer,
                make_engine(cfg, policy.model, policy.tokenizer, policy.source, dtype, run_dir),
                SamplingParams(sc.temperature, sc.top_p, sc.top_k, sc.max_new_tokens, tuple(sc.stop)),
-               dtype, MetricsWriter(run_dir / "metrics.jsonl") if world.is_main else NullWriter(), summary,
+               dtype, make_writer(MetricsWriter(run_dir / "metrics.jsonl"), cfg.run.trackers, run_dir,
+                                  config=to_dict(cfg), run_name=run_dir.name) if world.is_main else NullWriter(),
+               summary,
                {"load": time.perf_counter() - started}, world=world, lora=lora)
 
 
@@ -378,11 +392,15 @@ def warmup_stage(run: Run) -> None:
     t = time.perf_counter()
     demos = run.task.examples("train", wc.steps * wc.batch_size, seed=run.cfg.run.seed + 10_000)
     bar = _progress(wc.steps, "warm-up", run.cfg.run.progress)
+    last = [time.perf_counter()]
 
     def on_step(record: dict) -> None:
         run.writer.write(record)
+        now = time.perf_counter()
+        run.clock.done("warmup", now - last[0])
+        last[0] = now
         bar.update(1)
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
+        bar.set_postfix(loss=f"{record['loss']:.3f}", job_eta=run.clock.text())
 
     run_warmup(run.model, run.tokenizer, run.task, demos, steps=wc.steps, batch_size=wc.batch_size,
                lr=wc.lr, seed=run.cfg.run.seed, autocast_dtype=run.dtype, on_step=on_step)
@@ -608,6 +626,7 @@ def rl_stage(run: Run) -> None:
     bar.update(first)
     bad_steps = 0  # consecutive steps whose every optimizer step had a non-finite gradient
     for step in range(first, rl.steps):
+        step_started = time.perf_counter()
         lr = lr_at(step, rl.steps, peak=rl.lr, warmup=rl.lr_warmup_steps, decay=rl.lr_decay,
                    min_ratio=rl.min_lr_ratio)
         scaled = {}
@@ -627,9 +646,10 @@ def rl_stage(run: Run) -> None:
         metrics = reduce_metrics(run.world, metrics, rows=(hi - lo) * rl.group_size)
         run.writer.write({"phase": "rl", "step": step, "lr": lr, **scaled, **metrics})
         bar.update(1)
+        run.clock.done("rl", time.perf_counter() - step_started)
         nan = float("nan")
         bar.set_postfix(reward=f"{metrics.get('reward_mean', nan):.2f}", acc=f"{metrics.get('accuracy', nan):.2f}",
-                        s_step=f"{metrics.get('step_time', nan):.1f}")
+                        s_step=f"{metrics.get('step_time', nan):.1f}", job_eta=run.clock.text())
         bad_steps = bad_steps + 1 if metrics["skipped_updates"] and not metrics["updates"] else 0
         if bad_steps >= rl.max_nonfinite_steps:
             raise CredoError(
@@ -637,6 +657,11 @@ def rl_stage(run: Run) -> None:
                 f"(last at step {step}); metrics are in {run.run_dir / 'metrics.jsonl'}, the last "
                 f"good checkpoint in {run.run_dir / 'checkpoints'}; lower rl.lr or check the rewards"
             )
+        every = run.cfg.task.eval_every
+        if every and (step + 1) % every == 0 and step + 1 < rl.steps:  # (the last one is the final evaluation)
+            if ctx.dist is not None:
+                ctx.dist.before_rollout()  # FSDP2: the evaluated copy gets the current weights (every rank)
+            run.held_out("rl_step", step=step + 1)  # before the checkpoint: a resume keeps it (restore)
         if run.cfg.run.checkpoint_every and (step + 1) % run.cfg.run.checkpoint_every == 0:
             save_rl_checkpoint(run, ctx, f"step_{step + 1}", step + 1)
     bar.close()
@@ -645,6 +670,16 @@ def rl_stage(run: Run) -> None:
         ctx.dist.before_rollout()  # FSDP2: the evaluated copy gets the final weights
     run.held_out("rl")
     save_rl_checkpoint(run, ctx, "final", rl.steps)
+
+
+def job_clock(cfg: TrainConfig, resumed: Checkpoint | None) -> JobClock:
+    """What is left of the job, counted in units: warm-up steps, RL steps, held-out evaluations."""
+    done = 0 if resumed is None else resumed.state.get("rl_step", 0)
+    fresh = resumed is None
+    every = cfg.task.eval_every
+    periodic = 0 if not every else len([s for s in range(done + 1, cfg.rl.steps) if s % every == 0])
+    evals = periodic + 1 + (fresh and cfg.run.eval_base) + (fresh and cfg.warmup.steps > 0)
+    return JobClock({"warmup": cfg.warmup.steps if fresh else 0, "rl": cfg.rl.steps - done, "eval": int(evals)})
 
 
 def finish(run: Run, started: float) -> dict[str, Any]:
@@ -674,6 +709,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         run = setup(cfg, resume, world)
         if resume:
             run.resumed = restore(run)
+        run.clock = job_clock(cfg, run.resumed)
         if run.resumed is None:
             if cfg.run.eval_base:
                 run.held_out("base")
