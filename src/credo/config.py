@@ -53,7 +53,15 @@ class Text:
     meaning: str = ""
 
 
-MARKERS = (Range, OneOf, Text)
+@dataclass(frozen=True)
+class SubsetOf:
+    """A list-of-strings field whose entries must be distinct names from a fixed set (run.trackers):
+    each name at most once, since a repeated entry would mean the same backend started twice."""
+
+    choices: tuple[str, ...]
+
+
+MARKERS = (Range, OneOf, Text, SubsetOf)
 
 
 @dataclass
@@ -101,6 +109,9 @@ class TaskConfig:
     """Keyword arguments of the task, e.g. {"difficulty": 2} or {"path": "data.jsonl"}."""
     eval_size: Annotated[int, Range(lo=1)] = 500
     """Held-out problems scored by greedy decoding before warm-up, after warm-up and after RL."""
+    eval_every: Annotated[int, Range(lo=0)] = 0
+    """Also score the held-out set every N RL steps (phase "eval", stage "rl_step" rows in metrics.jsonl:
+    the held-out curve of `credo compare` / `credo report`). 0 = only before and after RL."""
     eval_batch_size: Annotated[int, Range(lo=1)] = 100
     """Prompts per generation call during evaluation."""
     eval_samples: Annotated[int, Range(lo=0)] = 0
@@ -382,6 +393,13 @@ class RunConfig:
     """Save a resumable checkpoint every N RL steps (0 = only after warm-up and at the end)."""
     progress: bool = True
     """Show a progress bar."""
+    trackers: Annotated[list[str], SubsetOf(("tensorboard", "wandb"))] = field(default_factory=list)
+    """Logging backends fed beside metrics.jsonl (train/trackers.py), rank 0 only; each is imported
+    only when named. "tensorboard" writes event files under <run>/tensorboard (pip extra
+    credo[tensorboard]); "wandb" writes an offline Weights & Biases run under <run>/wandb, never
+    uploads (`wandb sync <run>/wandb/offline-run-*` later; extra credo[wandb]). A tracker that fails
+    mid-run is switched off with a warning; training goes on. On the command line:
+    --run.trackers tensorboard,wandb (or a JSON list)."""
 
 
 @dataclass
@@ -448,7 +466,7 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     return value
 
 
-def marker_of(cls: type, name: str) -> Range | OneOf | Text | None:
+def marker_of(cls: type, name: str) -> Range | OneOf | Text | SubsetOf | None:
     """The validity marker declared on field `name` of config dataclass `cls` (None: none)."""
     hint = typing.get_type_hints(cls, include_extras=True)[name]
     if typing.get_origin(hint) is Annotated:
@@ -458,10 +476,12 @@ def marker_of(cls: type, name: str) -> Range | OneOf | Text | None:
     return None
 
 
-def describe(marker: Range | OneOf | Text) -> str:
+def describe(marker: Range | OneOf | Text | SubsetOf) -> str:
     """The valid values of a marker in words, for error messages."""
     if isinstance(marker, OneOf):
         return "one of " + ", ".join(marker.choices)
+    if isinstance(marker, SubsetOf):
+        return "a list of distinct names from " + ", ".join(marker.choices)
     if isinstance(marker, Text):
         if marker.pattern:
             return marker.meaning or f"text matching {marker.pattern}"
@@ -474,9 +494,12 @@ def describe(marker: Range | OneOf | Text) -> str:
     return "a finite number" + (" " + " and ".join(parts) if parts else "")
 
 
-def in_range(value: Any, marker: Range | OneOf | Text) -> bool:
+def in_range(value: Any, marker: Range | OneOf | Text | SubsetOf) -> bool:
     if isinstance(marker, OneOf):
         return isinstance(value, str) and value in marker.choices
+    if isinstance(marker, SubsetOf):
+        return (isinstance(value, list) and all(isinstance(v, str) and v in marker.choices for v in value)
+                and len(set(value)) == len(value))
     if isinstance(marker, Text):
         if not isinstance(value, str) or (marker.non_empty and not value.strip()):
             return False

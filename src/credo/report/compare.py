@@ -13,6 +13,9 @@ budget: a seed fixes the prompts and the held-out set, and the budget fields (`B
 across arms (`--allow-unequal-budget` to compare anyway). DAPO's refill rounds generate more than one
 batch per step: the wall-time curves and the s / step column show what that costs.
 
+When the arms agree on model, task, sampling and warm-up, the warm-up runs once per seed (run folder
+`_warmup-s<seed>`) and every arm of that seed starts RL from its checkpoint: the arms then begin from
+the very same weights, and the warm-up is not paid once per arm (`--no-shared-warmup` to turn it off).
 Runs go one after another here (`--jobs N` runs N at once: on 2 cores it only helps with idle time);
 seeds are the outer loop, so the first seed of every arm finishes first. DIR/compare.json records each
 run's status; running the same command again continues: finished runs are kept, interrupted ones
@@ -23,6 +26,7 @@ after every run, and `credo report DIR` rebuilds it at any time, also while runs
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import re
 import subprocess
@@ -79,8 +83,21 @@ def parse_arm_spec(words: Sequence[str]) -> Arm:
     return Arm(name, recipe, overrides)
 
 
+def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """{"rl": {"kl_coef": 0.1}} -> [("rl.kl_coef", 0.1)]: TOML's dotted keys and tables both become the
+    dotted overrides `credo train` takes (a table under task.params sets its keys one by one)."""
+    out = []
+    for key, value in table.items():
+        if isinstance(value, dict) and value:
+            out += _flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def arms_from_file(path: str | Path) -> list[Arm]:
-    """[[arm]] tables of a TOML file: name (required), recipe (optional), any dotted config field."""
+    """[[arm]] tables of a TOML file: name (required), recipe (optional), any config field as a dotted
+    key (rl.kl_coef = 0.1) or a table ([arm.rl] kl_coef = 0.1)."""
     path = Path(path)
     if not path.is_file():
         raise CredoError(f"--arms {path}: file not found")
@@ -99,15 +116,8 @@ def arms_from_file(path: str | Path) -> list[Arm]:
         recipe = table.get("recipe")
         if recipe is not None and not isinstance(recipe, str):
             raise CredoError(f"--arms {path}: arm {table['name']!r}: recipe must be a recipe name, got {recipe!r}")
-        overrides = []
-        for key, value in table.items():
-            if key in ("name", "recipe"):
-                continue
-            if isinstance(value, dict):
-                raise CredoError(f"--arms {path}: arm {table['name']!r}: write field {key!r} as a dotted key "
-                                 f"(\"{key}.field\" = ...), not a table")
-            overrides.append((key, _text(value)))
-        arms.append(Arm(table["name"], recipe, overrides))
+        fields = {k: v for k, v in table.items() if k not in ("name", "recipe")}
+        arms.append(Arm(table["name"], recipe, [(k, _text(v)) for k, v in _flatten(fields)]))
     return arms
 
 
@@ -143,7 +153,7 @@ def _get(cfg: Any, dotted: str) -> Any:
 def resolve_arms(arms: list[Arm], *, preset: str | None, config: str | None, common: list[tuple[str, str]],
                  allow_unequal: bool) -> dict[str, Any]:
     """Each arm's TrainConfig (validated now, before any run starts); refuses unequal budgets."""
-    from credo.cli import resolve_config
+    from credo.resolve import resolve_config
     from credo.train.run import validate
 
     resolved = {}
@@ -237,51 +247,106 @@ def _format_eta(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+WARMUP_SECTIONS = ("model", "task", "sampling", "warmup")  # what the warm-up and its evaluation depend on
+
+
+def shared_warmup_reason(resolved: dict[str, Any]) -> str | None:
+    """None when every arm would run the same warm-up (so one warm-up per seed can serve them all),
+    else why not."""
+    from credo.config import to_dict
+
+    dicts = [to_dict(cfg) for cfg in resolved.values()]
+    first = dicts[0]
+    if first["warmup"]["steps"] <= 0:
+        return "warmup.steps is 0"
+    if first["model"]["lora_rank"] > 0:
+        return "LoRA warm-up checkpoints hold adapters only"
+    if first["dist"]["strategy"] != "none":
+        return "dist.strategy runs several ranks"
+    for section in WARMUP_SECTIONS:
+        if any(d[section] != first[section] for d in dicts[1:]):
+            return f"the arms differ in their {section}.* fields"
+    return None
+
+
 def run_compare(arms: list[Arm], seeds: list[int], out: Path, *, preset: str | None, config: str | None,
                 common: list[tuple[str, str]], jobs: int = 1, allow_unequal: bool = False,
-                window: int | None = None, stream=None) -> int:
-    """Train every (arm, seed) in its own process, keep the manifest and the report current; 0 = all finished."""
+                window: int | None = None, shared_warmup: bool = True, stream=None) -> int:
+    """Train every (arm, seed) in its own process, keep the manifest and the report current; 0 = all finished.
+
+    shared_warmup: when every arm would run the same warm-up (`shared_warmup_reason`), run it once per
+    seed (run folder `_warmup-s<seed>`, RL steps 0) and start every arm of that seed from its checkpoint
+    (model.name = the checkpoint, warmup.steps 0, run.eval_base true: the arm scores the warmed-up model
+    as its start). The arms then begin RL from the very same weights."""
     from credo.config import to_dict
 
     stream = stream or sys.stderr
     check_arms(arms)
     resolved = resolve_arms(arms, preset=preset, config=config, common=common, allow_unequal=allow_unequal)
+    why_not = shared_warmup_reason(resolved) if shared_warmup else "--no-shared-warmup"
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
     if previous is not None and ([a["name"] for a in previous["arms"]] != [a.name for a in arms]
-                                 or previous["seeds"] != seeds):
-        raise CredoError(f"{out} holds a comparison of other arms or seeds ({out / MANIFEST}); pick another --out")
+                                 or previous["seeds"] != seeds
+                                 or bool(previous.get("warmups")) != (why_not is None)):
+        raise CredoError(f"{out} holds a comparison of other arms, seeds or warm-up sharing ({out / MANIFEST}); "
+                         f"pick another --out")
     for sub in ("configs", "runs", "logs"):
         (out / sub).mkdir(exist_ok=True)
+
+    def job_for(arm_name: str, seed: int, cfg) -> Job:
+        key = f"{arm_name}-s{seed}"
+        cfg.run.seed, cfg.run.out_dir, cfg.run.name = seed, str(out / "runs"), key
+        job = Job(arm_name, seed, out / "runs" / key, out / "configs" / f"{key}.json", out / "logs" / f"{key}.log")
+        job.config_file.write_text(json.dumps(to_dict(cfg), indent=2))
+        if (job.folder / "summary.json").is_file():
+            job.status = "finished"
+        return job
+
+    warmups: dict[int, Job] = {}
     todo: list[Job] = []
     for seed in seeds:  # seeds outer: every arm's first seed finishes first
+        if why_not is None:
+            cfg = copy.deepcopy(next(iter(resolved.values())))
+            cfg.rl.steps = 0
+            warmups[seed] = job_for("_warmup", seed, cfg)
         for arm in arms:
-            cfg = resolved[arm.name]
-            cfg.run.seed, cfg.run.out_dir, cfg.run.name = seed, str(out / "runs"), f"{arm.name}-s{seed}"
-            job = Job(arm.name, seed, out / "runs" / f"{arm.name}-s{seed}", out / "configs" / f"{arm.name}-s{seed}.json",
-                      out / "logs" / f"{arm.name}-s{seed}.log")
-            job.config_file.write_text(json.dumps(to_dict(cfg), indent=2))
-            if (job.folder / "summary.json").is_file():
-                job.status = "finished"
-            todo.append(job)
+            cfg = copy.deepcopy(resolved[arm.name])
+            if why_not is None:
+                cfg.model.name = str(warmups[seed].folder / "checkpoints" / "warmup")
+                cfg.warmup.steps, cfg.run.eval_base = 0, True
+            todo.append(job_for(arm.name, seed, cfg))
     command = sys.argv[:] if sys.argv and sys.argv[0].endswith("credo") else ["credo", "compare"]
     lock = threading.Lock()
     started = time.perf_counter()
     durations: list[float] = []
+    shared_note = ([f"Shared warm-up: one per seed (runs/_warmup-s<seed>); every arm of a seed starts RL from its "
+                    f"checkpoint, so the start accuracy is the warmed-up model's."] if why_not is None
+                   else [f"Each run does its own warm-up ({why_not})."])
 
     def save() -> None:
-        _write_json(out / MANIFEST, _manifest(out, arms, seeds, todo, command))
+        manifest = _manifest(out, arms, seeds, todo, command)
+        manifest["warmups"] = _manifest(out, arms, seeds, list(warmups.values()), command)["runs"]
+        _write_json(out / MANIFEST, manifest)
 
     def refresh() -> None:
         try:
             arms_now = records_of_compare(out)
             if any(arms_now.values()):
                 write_report(out, arms_now, title=f"credo compare: {', '.join(a.name for a in arms)}",
-                             notes=notes(resolved, seeds), window=window)
+                             notes=notes(resolved, seeds) + shared_note, window=window)
         except Exception as exc:  # a report problem must not stop the runs; it is said, and retried later
             print(f"credo compare: the report could not be rebuilt ({type(exc).__name__}: {exc})", file=stream)
 
+    everything = list(warmups.values()) + todo
+
     def one(job: Job) -> None:
+        warm = warmups.get(job.seed) if job.arm != "_warmup" else None
+        if warm is not None and warm.status != "finished":  # its seed's shared warm-up failed: nothing to start from
+            with lock:
+                job.status, job.error = "failed", f"the shared warm-up of seed {job.seed} failed (see {warm.log})"
+                save()
+            return
         if (job.folder / "metrics.jsonl").is_file() and (job.folder / "config.json").is_file():
             argv = ["train", "--resume", str(job.folder)]  # interrupted: continue from its newest checkpoint
         else:
@@ -304,25 +369,31 @@ def run_compare(arms: list[Arm], seeds: list[int], out: Path, *, preset: str | N
             durations.append(job.seconds)
             save()
             refresh()
-            done = sum(j.status in ("finished", "failed") for j in todo)
-            left = sum(j.status in ("pending", "running") for j in todo)
+            done = sum(j.status in ("finished", "failed") for j in everything)
+            left = sum(j.status in ("pending", "running") for j in everything)
             eta = _format_eta(sum(durations) / len(durations) * left / max(jobs, 1))
-            print(f"credo compare: {done}/{len(todo)} runs, {job.key} {job.status} in {job.seconds:.0f} s "
+            print(f"credo compare: {done}/{len(everything)} runs, {job.key} {job.status} in {job.seconds:.0f} s "
                   f"(log {job.log}); elapsed {_format_eta(time.perf_counter() - started)}, ETA {eta}",
                   file=stream, flush=True)
 
-    pending = [j for j in todo if j.status != "finished"]
-    print(f"credo compare: {len(todo)} runs ({len(arms)} arms x {len(seeds)} seeds), {len(pending)} to train, "
-          f"into {out}", file=stream, flush=True)
+    pending = [j for j in everything if j.status != "finished"]
+    print(f"credo compare: {len(todo)} runs ({len(arms)} arms x {len(seeds)} seeds)"
+          f"{f' + {len(warmups)} shared warm-ups' if warmups else ''}, {len(pending)} to train, into {out}",
+          file=stream, flush=True)
     save()
-    if jobs <= 1:
-        for job in pending:
-            one(job)
-    else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            list(pool.map(one, pending))
+
+    def run_all(batch: list[Job]) -> None:
+        if jobs <= 1:
+            for job in batch:
+                one(job)
+        else:
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                list(pool.map(one, batch))
+
+    run_all([j for j in pending if j.arm == "_warmup"])  # (every arm of a seed starts from its warm-up)
+    run_all([j for j in pending if j.arm != "_warmup"])
     refresh()
-    failed = [j for j in todo if j.status == "failed"]
+    failed = [j for j in everything if j.status == "failed"]
     arms_now = records_of_compare(out)
     if any(arms_now.values()):
         from credo.report.aggregate import final_table
@@ -358,6 +429,9 @@ def add_parsers(sub) -> None:
                    help="compare arms whose steps, prompts, group size or lengths differ")
     p.add_argument("--smooth", type=int, default=None,
                    help="trailing-mean window of the training curves (default: a tenth of the steps)")
+    p.add_argument("--no-shared-warmup", action="store_true",
+                   help="every run does its own warm-up (default: one per seed, shared by the arms when they "
+                        "agree on model, task, sampling and warm-up)")
     p.set_defaults(func=cmd_compare)
     p = sub.add_parser("report", help="rebuild a comparison report from run folders (finished or running)")
     p.add_argument("paths", nargs="+", help="compare folders, run folders, or folders holding run folders")
@@ -368,7 +442,7 @@ def add_parsers(sub) -> None:
 
 
 def cmd_compare(args, rest) -> int:
-    from credo.cli import _overrides
+    from credo.resolve import _overrides
 
     arms = [Arm(name, recipe=name) for name in (args.recipes or "").split(",") if name]
     arms += [parse_arm_spec(words) for words in args.arm or []]
@@ -381,7 +455,7 @@ def cmd_compare(args, rest) -> int:
     out = Path(args.out) if args.out else Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return run_compare(arms, parse_seeds(args.seeds), out, preset=args.preset, config=args.config,
                        common=_overrides(rest), jobs=args.jobs, allow_unequal=args.allow_unequal_budget,
-                       window=args.smooth)
+                       window=args.smooth, shared_warmup=not args.no_shared_warmup)
 
 
 def cmd_report(args, rest) -> int:

@@ -52,7 +52,7 @@ from credo.train.checkpoint import (Checkpoint, load_credit_state, load_into, lo
 from credo.train.evaluate import evaluate
 from credo.train.sampled_eval import evaluate_sampled, format_sampled
 from credo.train.logging import JobClock, LineProgress, MetricsWriter, plot_curves, read_metrics, rewrite_metrics
-from credo.train.trackers import make_writer  # (run.trackers: TensorBoard, offline W&B)
+from credo.train.trackers import check_trackers, make_writer  # (run.trackers: TensorBoard, offline W&B)
 from credo.train.optim import lr_at, make_optimizer, set_lr
 from credo.train.credit_inputs import CreditSources
 from credo.train.prompts import prioritized_prompt_ids, scheduled_prompt_ids
@@ -188,6 +188,7 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     check_scale_out(cfg)
+    check_trackers(cfg.run.trackers)  # (a missing tensorboard / wandb package, before the run folder exists)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
