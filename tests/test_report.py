@@ -266,3 +266,26 @@ def test_compare_keeps_going_past_a_failed_run(tmp_path, capsys):
     assert status == {"ok": "finished", "broken": "failed"}
     assert "broken-s0 failed" in capsys.readouterr().err
     assert (out / "report.html").is_file()  # the finished arm is reported
+
+
+def test_compare_on_local_ray_workers(tmp_path):
+    import ray
+
+    from credo.report.compare import ray_runner
+    from credo.rollout.ray_engine import init_ray
+
+    init_ray("", num_cpus=2)
+    try:
+        runner, parallel = ray_runner("", cpus_per_run=1)
+        assert parallel == 2  # 2 CPUs / 1 per run
+        out = tmp_path / "cmp"
+        code = run_compare([Arm("grpo", "grpo"), Arm("sapo", "sapo")], [0], out, preset="tiny", config=None,
+                           common=[("rl.steps", "1"), ("run.progress", "false")], jobs=parallel, runner=runner)
+    finally:
+        ray.shutdown()
+    assert code == 0
+    manifest = json.loads((out / "compare.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["finished", "finished"]
+    assert [r["status"] for r in manifest["warmups"]] == ["finished"]
+    arms, _ = records_of([str(out)])
+    assert all(len(runs) == 1 and runs[0].summary is not None for runs in arms.values())

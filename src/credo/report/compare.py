@@ -16,8 +16,10 @@ batch per step: the wall-time curves and the s / step column show what that cost
 When the arms agree on model, task, sampling and warm-up, the warm-up runs once per seed (run folder
 `_warmup-s<seed>`) and every arm of that seed starts RL from its checkpoint: the arms then begin from
 the very same weights, and the warm-up is not paid once per arm (`--no-shared-warmup` to turn it off).
-Runs go one after another here (`--jobs N` runs N at once: on 2 cores it only helps with idle time);
-seeds are the outer loop, so the first seed of every arm finishes first. DIR/compare.json records each
+Runs go one after another by default (`--jobs N` runs N at once: on 2 cores it only helps with idle
+time); seeds are the outer loop, so the first seed of every arm finishes first. `--ray [ADDRESS]` sends
+each run to a Ray worker (`ray_runner`: a local Ray, or a cluster whose nodes share DIR's filesystem),
+as many at once as the cluster has CPUs for (`--cpus-per-run`, default 1). DIR/compare.json records each
 run's status; running the same command again continues: finished runs are kept, interrupted ones
 resumed (`credo train --resume`), failed ones retried. The report (`report/render.py`) is rewritten
 after every run, and `credo report DIR` rebuilds it at any time, also while runs are going.
@@ -269,9 +271,41 @@ def shared_warmup_reason(resolved: dict[str, Any]) -> str | None:
     return None
 
 
+def local_runner(argv: list[str], log: Path) -> int:
+    """Train one run in a child process of this one; its output goes to `log`. Returns the exit code."""
+    with open(log, "a") as out:
+        return subprocess.run([sys.executable, "-m", "credo", *argv], stdout=out, stderr=subprocess.STDOUT,
+                              stdin=subprocess.DEVNULL).returncode
+
+
+def ray_runner(address: str, cpus_per_run: int):
+    """(runner, parallel runs): each run is a Ray task reserving `cpus_per_run` CPUs, which starts the same
+    `python -m credo train ...` child on whichever node Ray places it. The run folders and logs are
+    written by that node, so on a cluster DIR must be on a filesystem every node shares (the paths are
+    absolute), and every node needs credo installed under the same interpreter path."""
+    import os
+
+    from credo.rollout.ray_engine import init_ray
+
+    ray = init_ray(address)
+
+    @ray.remote(num_cpus=cpus_per_run)
+    def train_one(argv: list[str], log: str, cwd: str) -> int:
+        import subprocess as sp
+        import sys as _sys
+
+        with open(log, "a") as out:
+            return sp.run([_sys.executable, "-m", "credo", *argv], stdout=out, stderr=sp.STDOUT,
+                          stdin=sp.DEVNULL, cwd=cwd).returncode
+
+    cwd = os.getcwd()
+    parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus_per_run))
+    return (lambda argv, log: int(ray.get(train_one.remote(argv, str(Path(log).resolve()), cwd)))), parallel
+
+
 def run_compare(arms: list[Arm], seeds: list[int], out: Path, *, preset: str | None, config: str | None,
                 common: list[tuple[str, str]], jobs: int = 1, allow_unequal: bool = False,
-                window: int | None = None, shared_warmup: bool = True, stream=None) -> int:
+                window: int | None = None, shared_warmup: bool = True, runner=local_runner, stream=None) -> int:
     """Train every (arm, seed) in its own process, keep the manifest and the report current; 0 = all finished.
 
     shared_warmup: when every arm would run the same warm-up (`shared_warmup_reason`), run it once per
@@ -352,18 +386,19 @@ def run_compare(arms: list[Arm], seeds: list[int], out: Path, *, preset: str | N
         else:
             argv = ["train", "--config", str(job.config_file)]
         with lock:
-            job.status = "running"
+            job.status, job.error = "running", None
             save()
         t = time.perf_counter()
         with open(job.log, "a") as log:
             log.write(f"$ credo {' '.join(argv)}\n")
-            log.flush()
-            proc = subprocess.run([sys.executable, "-m", "credo", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL)
+        try:
+            returncode = runner(argv, job.log)
+        except Exception as exc:  # a Ray task lost with its node: this run failed, the others go on
+            returncode, job.error = -1, f"{type(exc).__name__}: {exc}"
         with lock:
-            job.seconds, job.returncode = round(time.perf_counter() - t, 2), proc.returncode
-            job.status = "finished" if proc.returncode == 0 and (job.folder / "summary.json").is_file() else "failed"
-            if job.status == "failed":
+            job.seconds, job.returncode = round(time.perf_counter() - t, 2), returncode
+            job.status = "finished" if returncode == 0 and (job.folder / "summary.json").is_file() else "failed"
+            if job.status == "failed" and job.error is None:
                 tail = job.log.read_text(errors="replace").strip().splitlines()[-3:]
                 job.error = " | ".join(tail)
             durations.append(job.seconds)
@@ -424,7 +459,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--arms", metavar="FILE.toml", help="[[arm]] tables: name, recipe, dotted fields")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--out", help="the comparison folder (default runs/compare-<time>); rerun to continue it")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs at once (default 1; with --ray: the cluster's CPUs / --cpus-per-run)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run each (arm, seed) as a Ray task: a local Ray, or the cluster at ADDRESS (DIR must be "
+                        "on a filesystem all nodes share)")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="CPUs a Ray task reserves per run (default 1)")
     p.add_argument("--allow-unequal-budget", action="store_true",
                    help="compare arms whose steps, prompts, group size or lengths differ")
     p.add_argument("--smooth", type=int, default=None,
@@ -448,14 +488,20 @@ def cmd_compare(args, rest) -> int:
     arms += [parse_arm_spec(words) for words in args.arm or []]
     if args.arms:
         arms += arms_from_file(args.arms)
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise CredoError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.cpus_per_run < 1:
+        raise CredoError(f"--cpus-per-run must be at least 1, got {args.cpus_per_run}")
+    runner, jobs = local_runner, args.jobs or 1
+    if args.ray is not None:
+        runner, parallel = ray_runner(args.ray, args.cpus_per_run)
+        jobs = args.jobs or parallel
     if args.smooth is not None and args.smooth < 1:
         raise CredoError(f"--smooth must be at least 1 (1 = no smoothing), got {args.smooth}")
     out = Path(args.out) if args.out else Path("runs") / f"compare-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     return run_compare(arms, parse_seeds(args.seeds), out, preset=args.preset, config=args.config,
-                       common=_overrides(rest), jobs=args.jobs, allow_unequal=args.allow_unequal_budget,
-                       window=args.smooth, shared_warmup=not args.no_shared_warmup)
+                       common=_overrides(rest), jobs=jobs, allow_unequal=args.allow_unequal_budget,
+                       window=args.smooth, shared_warmup=not args.no_shared_warmup, runner=runner)
 
 
 def cmd_report(args, rest) -> int:
