@@ -204,6 +204,11 @@ def test_arms_file(tmp_path):
     path.write_text('[[arm]]\nrecipe = "grpo"\n')
     with pytest.raises(CredoError, match="arm 1 has no name"):
         arms_from_file(path)
+    with pytest.raises(CredoError, match="--arms: config file not found"):
+        arms_from_file(tmp_path / "missing.toml")
+    path.write_text('[[arm]\nname = "x"\n')
+    with pytest.raises(CredoError, match="--arms: .*invalid config file"):
+        arms_from_file(path)
 
 
 def test_compare_refuses_unequal_budgets_and_bad_names(tmp_path):

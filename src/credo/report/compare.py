@@ -35,7 +35,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,13 +99,13 @@ def _flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def arms_from_file(path: str | Path) -> list[Arm]:
     """[[arm]] tables of a TOML file: name (required), recipe (optional), any config field as a dotted
     key (rl.kl_coef = 0.1) or a table ([arm.rl] kl_coef = 0.1)."""
+    from credo.config import load_file
+
     path = Path(path)
-    if not path.is_file():
-        raise CredoError(f"--arms {path}: file not found")
     try:
-        loaded = tomllib.loads(path.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise CredoError(f"--arms {path}: invalid TOML: {exc}") from exc
+        loaded = load_file(path)  # (the errors of config files: missing, not UTF-8, invalid TOML)
+    except CredoError as exc:
+        raise CredoError(f"--arms: {exc}") from exc
     tables = loaded.get("arm")
     if not isinstance(tables, list) or not tables:
         raise CredoError(f"--arms {path}: expected [[arm]] tables (name = \"...\", recipe = \"...\", "
