@@ -31,3 +31,23 @@ def test_a_run_logged_to_a_file_has_no_carriage_returns(tmp_path):
     assert proc.returncode == 0, text[-2000:]
     assert "\r" not in text
     assert "RL 3/3" in text and "warm-up 2/2" in text
+
+
+def test_job_clock_eta_by_hand():
+    from credo.train.logging import JobClock
+
+    clock = JobClock({"warmup": 4, "rl": 10, "eval": 3})
+    clock.done("eval", 6.0)  # the base evaluation
+    clock.done("warmup", 2.0)
+    clock.done("warmup", 4.0)
+    assert clock.eta() is None and clock.text() == "?"  # RL steps are left and untimed
+    clock.done("rl", 5.0)
+    # 2 warm-up steps x 3 s + 9 RL steps x 5 s + 2 evaluations x 6 s
+    assert clock.eta() == 2 * 3.0 + 9 * 5.0 + 2 * 6.0
+    assert clock.text() == "1m03s"
+    done = JobClock({"warmup": 0, "rl": 1, "eval": 0})
+    done.done("rl", 3600.0)
+    assert done.eta() == 0.0 and done.text() == "0m00s"
+    long = JobClock({"rl": 3})
+    long.done("rl", 1830.0)
+    assert long.text() == "1h01m"  # 2 x 1830 s = 3660 s

@@ -117,3 +117,16 @@ def test_resume_refuses_a_finished_run_and_a_non_run_folder(reference, tmp_path)
     assert done.returncode == 2 and "already holds a finished run" in done.stderr
     nothing = _credo(["--resume", str(tmp_path)])
     assert nothing.returncode == 2 and "not a run folder" in nothing.stderr
+
+
+def test_periodic_held_out_evaluations_survive_a_sigkill_exactly_once(tmp_path):
+    """task.eval_every rows are taken before the step's checkpoint: a resume keeps those up to the
+    checkpoint and redoes the rest, so the file equals the uninterrupted run's (timings aside)."""
+    args = ARGS + ["--task.eval_every", "1"]
+    ref = _credo(args + ["--run.out_dir", str(tmp_path), "--run.name", "ref"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    _kill_then_resume(args + ["--run.out_dir", str(tmp_path), "--run.name", "crash"], "rollout:3", tmp_path / "crash")
+    got, want = _comparable(tmp_path / "crash"), _comparable(tmp_path / "ref")
+    assert got == want
+    periodic = [r["step"] for r in want if r.get("stage") == "rl_step"]
+    assert periodic == [1, 2, 3]  # after every RL step but the last (the final evaluation is stage "rl")
