@@ -1,18 +1,26 @@
-"""A task loaded from the user's JSONL file: one JSON object per line.
+r"""A task loaded from the user's data file: JSONL, Parquet, CSV or a local `datasets` folder.
 
     {"prompt": "What is the capital of France?", "answer": "Paris"}
     {"prompt": "What is 6*7?", "answer": 42, "split": "test"}
 
-Fields (names configurable): `prompt` (a non-empty string), `answer` (a string or a number),
-optionally a demonstration completion (default: "<answer>{answer}</answer>") and a split column
-whose values must be "train" or "test" (default: each row's split is a stable hash of its prompt,
-see `split_of`). Blank lines are skipped. The file is read once, on first use, and every problem
-with it is a `CredoError` naming the file, the line and the field.
+The format follows `path` (`tasks/data_files.py`): `.parquet` (pyarrow), `.csv` (a header row, every
+value a string), a folder written by `datasets`' `save_to_disk` (read from disk only; a DatasetDict's
+"train" / "test" splits are the rows' splits), anything else JSONL (one JSON object per line, blank
+lines skipped). Parquet and `datasets` need `pip install 'credo[data]'`.
+
+Fields (names configurable, the same for every format): `prompt` (a non-empty string), `answer` (a
+string or a number), optionally a demonstration completion (default: "<answer>{answer}</answer>") and
+a split column whose values must be "train" or "test" (default: each row's split is a stable hash of
+its prompt, see `split_of`). The file is read once, on first use, and every problem with it is a
+`CredoError` naming the file, the row (JSONL and CSV: its line) and the field.
 
 Matching of the answer inside `<answer>...</answer>` (`match`):
 - "exact": the stripped strings are equal (case-sensitive);
 - "int": both are plain integers (`parse_int`: optional sign, commas allowed) and equal;
-- "float": both are decimal numbers (commas allowed) within a relative tolerance of 1e-6.
+- "float": both are decimal numbers (commas allowed) within a relative tolerance of 1e-6;
+- "math": LaTeX or plain mathematical equivalence by math-verify (`rewards/math_answers.py`:
+  `\frac{1}{2}` = 0.5 = 1/2, `\sqrt{4}` = 2; `pip install 'credo[math]'`); an answer the file gives
+  that math-verify cannot parse is refused with its row, a completion's unparseable answer is wrong.
 
 Reward: 1.0 when the completion is exactly one answer tag (`only_answer`) with a matching answer.
 
@@ -25,7 +33,6 @@ judges/orm.py) and `warmup.steps` is 0 or `demonstration_field` is set.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -34,12 +41,12 @@ from pathlib import Path
 
 from credo.errors import CredoError
 from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
+from credo.rewards.math_answers import canonical_math, check_math_verify, math_equal, parses_as_math
 from credo.tasks.base import SPLITS, Example, Score, check_split, split_of
+from credo.tasks.data_files import format_of, read_records, type_name as _type_name
 
-MATCHES = ("exact", "int", "float")
+MATCHES = ("exact", "int", "float", "math")
 _FLOAT = re.compile(r"[+-]?(?:\d{1,64}(?:\.\d{0,64})?|\.\d{1,64})(?:[eE][+-]?\d{1,4})?")
-_JSON_TYPES = {dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
-               float: "number", type(None): "null"}  # fmt: skip
 
 
 def parse_float(text: str | None) -> float | None:
@@ -59,10 +66,6 @@ def parse_float(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _type_name(value: object) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
 @dataclass
 class JsonlTask:
     path: str
@@ -78,6 +81,8 @@ class JsonlTask:
     def __post_init__(self):
         if self.match not in MATCHES:
             raise CredoError(f"jsonl: unknown match {self.match!r}; valid: {', '.join(MATCHES)}")
+        if self.match == "math":
+            check_math_verify()
 
     @property
     def has_reference_answers(self) -> bool:
@@ -90,37 +95,12 @@ class JsonlTask:
         return self._rows
 
     def _read(self) -> list[tuple[str, Example]]:
-        path = Path(self.path)
-        if not path.exists():
+        if not Path(self.path).exists():
             raise CredoError(f"jsonl: file not found: {self.path}")
-        try:
-            lines = path.read_bytes().split(b"\n")
-        except OSError as exc:
-            raise CredoError(f"jsonl: cannot read {self.path}: {exc.strerror or exc}") from None
-        rows = []
-        for number, raw in enumerate(lines, start=1):
-            where = f"{self.path}:{number}"
-            try:
-                line = raw.decode("utf-8").lstrip("\ufeff")
-            except UnicodeDecodeError as exc:
-                raise CredoError(f"{where}: not valid UTF-8: {exc.reason}") from None
-            if line.strip():
-                rows.append(self._row(self._json(line, where), where, number))
+        rows = [self._row(r.row, r.where, r.number, r.split) for r in read_records(self.path)]
         if not rows:
             raise CredoError(f"{self.path}: no rows (the file is empty or has only blank lines)")
         return rows
-
-    @staticmethod
-    def _json(line: str, where: str) -> dict:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise CredoError(f"{where}: invalid JSON: {exc.msg} at column {exc.colno}") from None
-        except (ValueError, RecursionError) as exc:  # e.g. nesting too deep
-            raise CredoError(f"{where}: invalid JSON: {type(exc).__name__}") from None
-        if not isinstance(row, dict):
-            raise CredoError(f"{where}: expected a JSON object, got {_type_name(row)}")
-        return row
 
     @staticmethod
     def _field(row: dict, name: str, where: str, kinds: tuple[type, ...], wanted: str):
@@ -131,7 +111,7 @@ class JsonlTask:
             raise CredoError(f"{where}: field {name!r} must be {wanted}, got {_type_name(value)}")
         return value
 
-    def _row(self, row: dict, where: str, number: int) -> tuple[str, Example]:
+    def _row(self, row: dict, where: str, number: int, file_split: str | None = None) -> tuple[str, Example]:
         prompt = self._field(row, self.prompt_field, where, (str,), "a string")
         if not prompt.strip():
             raise CredoError(f"{where}: field {self.prompt_field!r} is empty")
@@ -139,14 +119,14 @@ class JsonlTask:
         demonstration = f"<answer>{answer}</answer>" if answer else ""
         if self.demonstration_field is not None:
             demonstration = self._field(row, self.demonstration_field, where, (str,), "a string")
-        split = split_of(prompt)
+        split = file_split or split_of(prompt)  # (a datasets folder's train / test splits)
         if self.split_field is not None:
             split = self._field(row, self.split_field, where, (str,), "a string")
             if split not in SPLITS:
                 raise CredoError(
                     f"{where}: field {self.split_field!r} must be 'train' or 'test', got {split!r}"
                 )
-        meta = {"source": self.path, "line": number}
+        meta = {"source": self.path, "line" if format_of(Path(self.path)) == "jsonl" else "row": number}
         return split, Example(prompt, answer, demonstration, meta)
 
     def _answer(self, row: dict, where: str) -> str:
@@ -159,6 +139,9 @@ class JsonlTask:
             raise CredoError(f"{where}: field {name!r} is not an integer (match='int'): {answer!r}")
         if self.match == "float" and parse_float(answer) is None:
             raise CredoError(f"{where}: field {name!r} is not a number (match='float'): {answer!r}")
+        if self.match == "math" and not parses_as_math(answer):
+            raise CredoError(f"{where}: field {name!r} is not an answer math-verify can parse (match='math'): "
+                             f"{answer!r}")
         return answer
 
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
@@ -183,6 +166,8 @@ class JsonlTask:
         if self.match == "int":
             value = parse_int(given)
             return value is not None and value == parse_int(answer)
+        if self.match == "math":
+            return math_equal(given, answer)
         value, expected = parse_float(given), parse_float(answer)
         if value is None or expected is None:
             return False
@@ -201,6 +186,8 @@ class JsonlTask:
         if self.match == "float":
             number = parse_float(raw)
             return raw if number is None else f"{number:.9g}"
+        if self.match == "math":
+            return canonical_math(raw)
         return raw
 
     def score(self, completion: str, example: Example) -> Score:
