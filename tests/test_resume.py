@@ -130,3 +130,20 @@ def test_periodic_held_out_evaluations_survive_a_sigkill_exactly_once(tmp_path):
     assert got == want
     periodic = [r["step"] for r in want if r.get("stage") == "rl_step"]
     assert periodic == [1, 2, 3]  # after every RL step but the last (the final evaluation is stage "rl")
+
+
+def test_hapo_history_survives_a_sigkill_and_resumes_bitwise(tmp_path):
+    """rl.reward_terms with HAPO's stateful length term: its per-problem history is in every RL checkpoint,
+    so a run killed mid-way and resumed ends with the uninterrupted run's metrics, history and weights."""
+    args = ARGS + ["--rl.reward_terms", '{"task": 1.0, "hapo_length": 1.0}', "--rl.prompt_pool", "4"]
+    ref = _credo(args + ["--run.out_dir", str(tmp_path), "--run.name", "ref"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    _kill_then_resume(args + ["--run.out_dir", str(tmp_path), "--run.name", "crash"], "update:3", tmp_path / "crash")
+    assert _comparable(tmp_path / "crash") == _comparable(tmp_path / "ref")
+    states = [json.loads((tmp_path / n / "checkpoints" / "final" / "state.json").read_text()) for n in ("ref", "crash")]
+    assert states[0]["reward_terms"] == states[1]["reward_terms"]
+    history = states[0]["reward_terms"]["hapo_length"]["history"]
+    assert history and set(history) <= {"0", "1", "2", "3"}  # the pool's persistent prompt ids
+    rows = [r for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if r["phase"] == "rl"]
+    assert all("reward/hapo_length" in r and "reward/task" in r for r in rows)
+    _assert_same_final_weights(tmp_path / "ref", tmp_path / "crash")

@@ -64,6 +64,7 @@ def catalog_markdown() -> str:
         "## Adaptive sampling temperatures (`rollout.temperature_schedule`)\n\n" + markdown(schedule_entries()) + "\n\n"
         "## Group samplers (`rollout.sampler`)\n\n" + markdown(sampler_entries()) + "\n\n"
         "## Entropy control (`rl.entropy_control`)\n\n" + markdown(entropy_control_entries()) + "\n\n"
+        "## Reward terms (`rl.reward_terms`)\n\n" + markdown(reward_term_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
 
@@ -101,6 +102,13 @@ def entropy_control_entries() -> list[Entry]:
     return sorted(CONTROLS_CATALOG, key=lambda e: e.name)
 
 
+def reward_term_entries() -> list[Entry]:
+    """The rows of the weighted reward terms (rewards/terms.py)."""
+    from credo.rewards.terms import CATALOG
+
+    return sorted(CATALOG, key=lambda e: e.name)
+
+
 def correction_entries() -> list[Entry]:
     """The rows of the importance-sampling corrections (objectives/is_correction.py)."""
     from credo.objectives.is_correction import CORRECTIONS_CATALOG
@@ -134,6 +142,8 @@ def print_catalog(what: str = "all") -> None:
         print("\nadaptive sampling temperatures (rollout.temperature_schedule):\n" + table(schedule_entries()))
     if what in ("all", "entropy"):
         print("\nentropy control (rl.entropy_control):\n" + table(entropy_control_entries()))
+    if what in ("all", "rewards"):
+        print("\nreward terms (rl.reward_terms):\n" + table(reward_term_entries()))
 
 
 if __name__ == "__main__":

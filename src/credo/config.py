@@ -242,6 +242,12 @@ class RLConfig:
     (overlong_penalty_mean, overlong_fraction). 0 = off (the paper: 4096 of 20480)."""
     overlong_penalty_factor: Annotated[float, Range(lo=0)] = 1.0
     """Penalty at the generation limit with overlong_buffer > 0 (DAPO: 1.0)."""
+    reward_terms: dict[str, Any] = field(default_factory=dict)
+    """Weighted reward terms (rewards/terms.py; `credo list rewards`): the reward is sum_k w_k term_k, each
+    term logged as reward/<name>. Empty = the task's own reward. Example: {"task": 1.0, "hapo_length":
+    1.0} (HAPO), {"task": 1.0, "format": 0.1}, {"math": 1.0} (math-verify equivalence)."""
+    reward_term_params: dict[str, Any] = field(default_factory=dict)
+    """Keyword parameters of stateful terms, by name, e.g. {"hapo_length": {"floor": -0.7}}."""
     max_nonfinite_steps: Annotated[int, Range(lo=1)] = 5
     """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""

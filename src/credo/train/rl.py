@@ -32,6 +32,7 @@ from credo.critic import CriticSettings, ValueModel, compute_values, critic_upda
 from credo.train.credit_inputs import CreditSources, StepContext, build_credit_inputs
 from credo.dist.shard import sample_groups
 from credo.rewards.code import outcome_counts
+from credo.rewards.terms import TermInputs
 from credo.train.evaluate import encode_prompts, generate_groups, pad_token_id, safe_score, too_long
 from credo.train.snr import GradSNR
 
@@ -298,6 +299,7 @@ class RLContext:
     lr_scale: float = 1.0  # the next step's lr = lr_at(step) * lr_scale (checkpointed)
     dynamic_sampling: Callable | None = None  # rl.dynamic_sampling (select/dynamic_sampling.py::DynamicSampling)
     overlong: Callable | None = None  # rl.overlong_buffer > 0: (rewards, lengths) -> (shaped, metrics)
+    reward_mix: Any = None  # rl.reward_terms: rewards/terms.py::RewardMix (weighted terms, HAPO's history)
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
     temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too
@@ -566,6 +568,13 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **first_round, **selection,
                     "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
+    if ctx.reward_mix is not None:  # rl.reward_terms: sum_k w_k term_k, each logged (rewards/terms.py)
+        terms = TermInputs([c.text for c in completions], [len(c.token_ids) for c in completions],
+                           [examples[g].answer for g in group_ids], scores, list(group_ids),
+                           [str(prompt_ids[g]) for g in group_ids])
+        rewards, term_metrics = ctx.reward_mix(terms)
+        ctx.reward_mix.commit(terms)  # (HAPO's history sees this step; checkpointed after it)
+        selection.update(term_metrics)
     if ctx.overlong is not None:  # DAPO's soft overlong punishment, added to the task reward
         rewards, length_metrics = ctx.overlong(rewards, torch.tensor([len(c.token_ids) for c in completions]))
         selection.update(length_metrics)

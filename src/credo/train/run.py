@@ -62,6 +62,7 @@ from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, roll
 from credo.rollout.multiturn import is_multiturn
 from credo.rollout.samplers import make_sampler
 from credo.rewards.length import overlong_shaping
+from credo.rewards.terms import make_reward_mix
 from credo.select import DynamicSampling
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
@@ -188,7 +189,8 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     check_scale_out(cfg)
-    check_trackers(cfg.run.trackers)  # (a missing tensorboard / wandb package, before the run folder exists)
+    check_trackers(cfg.run.trackers)
+    make_reward_mix(cfg.rl.reward_terms, cfg.rl.reward_term_params)  # (names, weights and parameters)  # (a missing tensorboard / wandb package, before the run folder exists)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
@@ -524,8 +526,16 @@ def rl_context(run: Run) -> RLContext:
                      sampler=sampler)
 
 
-def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int) -> None:
-    """DAPO's dynamic sampling (refill prompts from `prompts`) and soft overlong punishment."""
+def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int,
+                   resumed: Checkpoint | None = None) -> None:
+    """DAPO's dynamic sampling (refill prompts from `prompts`) and soft overlong punishment; the weighted
+    reward terms (rl.reward_terms), their state restored from an RL checkpoint."""
+    ctx.reward_mix = make_reward_mix(rl.reward_terms, rl.reward_term_params)
+    if ctx.reward_mix is not None and ctx.reward_mix.stateful and resumed is not None \
+            and resumed.state.get("stage") == "rl":
+        if "reward_terms" not in resumed.state:
+            raise CredoError(f"checkpoint {resumed.folder} has no state for rl.reward_terms")
+        ctx.reward_mix.load_state(resumed.state["reward_terms"])
     if rl.dynamic_sampling:
         ctx.dynamic_sampling = DynamicSampling(prompts, seed, rl.max_sampling_rounds, rollout_groups)
     if rl.overlong_buffer > 0:
@@ -560,6 +570,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
         state["temperature_schedule"] = ctx.temperature_schedule.state()
     if ctx.entropy_control is not None:  # the next step's entropy coefficient depends on it (exact resume)
         state["entropy_control"] = ctx.entropy_control.state()
+    if ctx.reward_mix is not None and ctx.reward_mix.stateful:  # HAPO's per-problem history (exact resume)
+        state["reward_terms"] = ctx.reward_mix.state()
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
@@ -611,7 +623,7 @@ def rl_stage(run: Run) -> None:
     # the persistent id of a prompt is its index in this list (see train/prompts.py)
     size = rl.prompt_pool if rl.prompt_pool > 0 else max(1, rl.steps * rl.prompts_per_step)
     prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
-    bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens)
+    bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens, run.resumed)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
 
     def schedule(step: int) -> list[int]:  # the prompt ids of a step (deterministic: no tracker weights)
