@@ -13,7 +13,8 @@ from credo.credit import token_signals as ts
 from credo.objectives.entropy_aware import gtpo_conflict_deltas
 
 A_PAIR = 0.5 / (math.sqrt(0.5) + 1e-6)  # GRPO advantage of a {1, 0} pair
-NAMES = ["hicra", "hicra_gram", "gtpo_credit", "aem", "delta", "attention_anchor", "t_reg", "d3s_token"]
+NAMES = ["hicra", "hicra_gram", "gtpo_credit", "aem", "delta", "attention_anchor", "t_reg", "d3s_token",
+         "forking_tokens"]
 
 
 def sigmoid(x):
@@ -64,7 +65,7 @@ def random_inputs(seed):
 def test_registered_with_exact_needs():
     expected = {"hicra": {"entropy"}, "hicra_gram": {"extras"}, "gtpo_credit": {"entropy"}, "aem": {"logprobs"},
                 "delta": {"hidden_states"}, "attention_anchor": {"attention"}, "t_reg": {"extras"},
-                "d3s_token": {"entropy"}}
+                "d3s_token": {"entropy"}, "forking_tokens": {"entropy"}}
     for name, needs in expected.items():
         assert credit_needs_of(CREDIT.get(name)) == needs
     bare = inputs([[0, 1]], [1.0], [0])
@@ -261,6 +262,27 @@ def test_d3s_token_hand_computed():
     assert (ts.d3s_token(inp, keep_ratio=1.0) != 0).sum() == 5
 
 
+# -- forking tokens (80/20) -----------------------------------------------------------------------
+
+
+def test_forking_tokens_hand_computed():
+    # 8 loss tokens with entropies 0.9 0.1 0.5 | 0.2 0.8 | 0.3 0.7 | 0.4 -> sorted 0.1 0.2 0.3 0.4 0.5 0.7 0.8 0.9
+    ent = torch.tensor([[0.0, 0.9, 0.1, 0.5], [0.0, 0.2, 0.8, 0.0], [0.0, 0.3, 0.7, 0.0], [0.0, 0.4, 0.0, 0.0]])
+    inp = inputs([[0, 1, 1, 1], [0, 1, 1, 0], [0, 1, 1, 0], [0, 1, 0, 0]], [1.0, 0.0, 1.0, 0.0], [0, 0, 1, 1],
+                 entropy=ent)
+    a = A_PAIR
+    # top 20%: tau = the 0.8 quantile = 0.7 + (0.8 - 0.7) * 0.6 (position 5.6 of 0..7) = 0.76 -> keeps 0.9, 0.8
+    out = ts.forking_tokens(inp)
+    assert close(out, [[0, a, 0, 0], [0, 0, -a, 0], [0, 0, 0, 0], [0, 0, 0, 0]])
+    # top half: tau = 0.45 (position 3.5) -> keeps 0.9, 0.5, 0.8, 0.7
+    out = ts.forking_tokens(inp, top_quantile=0.5)
+    assert close(out, [[0, a, 0, a], [0, 0, -a, 0], [0, 0, a, 0], [0, 0, 0, 0]])
+    every = ts.forking_tokens(inp, top_quantile=1.0)  # every token: GRPO's advantage broadcast
+    assert (every != 0).sum() == 8
+    with pytest.raises(ValueError, match="top_quantile"):
+        ts.forking_tokens(inp, top_quantile=0.0)
+
+
 # -- shared ---------------------------------------------------------------------------------------
 
 LOOPS = {
@@ -277,6 +299,8 @@ LOOPS = {
                          for t in ("anchor", "preplan", "both", "coupled")],
     "t_reg": [(ts.t_reg, ts.t_reg_loop, {}), (ts.t_reg, ts.t_reg_loop, {"temperature": 0.5})],
     "d3s_token": [(ts.d3s_token, ts.d3s_token_loop, {}), (ts.d3s_token, ts.d3s_token_loop, {"keep_ratio": 0.2})],
+    "forking_tokens": [(ts.forking_tokens, ts.forking_tokens_loop, {}),
+                       (ts.forking_tokens, ts.forking_tokens_loop, {"top_quantile": 0.5, "scale_by_std": False})],
 }
 
 

@@ -12,6 +12,7 @@ contrastive log-probs) or by token identity across the group (GTPO).
 | attention_anchor | attention [B, T, T]                            | A (1 + gamma) on top-q anchor / preplan      |
 | t_reg            | extras["contrastive_logprobs_pos" / "_neg"]    | A spread over tokens by sigma(lp+ - lp-)     |
 | d3s_token        | entropy [B, T]                                 | keep the top |A| H tokens, zero the rest     |
+| forking_tokens   | entropy [B, T]                                 | A on the top-rho entropy tokens, else 0      |
 
 Every estimator starts from `grpo_advantages(rewards, group_ids, scale_by_std=...)` (a group of one:
 A = R; a zero-variance group: A = 0), returns float32 [B, T] that is 0 off `loss_mask`, and has a
@@ -627,6 +628,57 @@ def d3s_token_loop(inputs: CreditInputs, *, keep_ratio: float = 0.5, scale_by_st
     return out
 
 
+# -- the 80/20 rule: forking tokens -----------------------------------------------------------------
+
+
+@CREDIT.register("forking_tokens")
+@token_level(needs=("entropy",))
+def forking_tokens(inputs: CreditInputs, *, top_quantile: float = 0.2, scale_by_std: bool = True) -> torch.Tensor:
+    """The policy gradient only on the batch's highest-entropy ("forking") tokens.
+
+    inputs: rewards [B], group_ids [B], loss_mask [B, T], entropy [B, T] -> advantages [B, T] float32.
+      tau = the (1 - top_quantile) quantile of H_t over all loss tokens of the batch (linear
+      interpolation, torch.quantile);  A'_t = A_i if H_t >= tau else 0   (A_i: GRPO's group advantage)
+    Zeroing the advantage keeps the loss normaliser over every response token, as TRL's
+    `top_entropy_quantile` does (its entropy mask multiplies the per-token loss, the token-mean still
+    divides by the full completion mask); a KL term, if any, stays on every token. top_quantile 1.0
+    keeps every token (plain GRPO). Ties at tau are all kept.
+    Defaults: top_quantile 0.2 (the paper's rho, the top 20% of tokens). Paper: "Beyond the 80/20 Rule:
+    High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM Reasoning" (arXiv
+    2506.01939). Status: confirmed against TRL's GRPOTrainer (`get_high_entropy_mask`, entropy over the
+    batch's non-pad tokens). Loop reference: `forking_tokens_loop`.
+    """
+    if not 0.0 < top_quantile <= 1.0:
+        raise ValueError(f"forking_tokens: top_quantile must be in (0, 1], got {top_quantile}")
+    inputs.require("entropy", method="forking_tokens")
+    mask = inputs.loss_mask
+    a = _row_adv(inputs, scale_by_std)[:, None].expand(mask.shape)
+    if not mask.any():
+        return torch.zeros(mask.shape, dtype=torch.float32)
+    entropy = inputs.entropy.to(torch.float64)
+    tau = torch.quantile(entropy[mask], 1.0 - top_quantile)
+    keep = mask & (entropy >= tau)
+    return torch.where(keep, a, torch.zeros_like(a)).to(torch.float32)
+
+
+def forking_tokens_loop(inputs: CreditInputs, *, top_quantile: float = 0.2, scale_by_std: bool = True) -> list[list[float]]:
+    """Readable reference for `forking_tokens` (the quantile by hand: linear between order statistics)."""
+    adv = _adv_loop(inputs, scale_by_std)
+    cells = [(float(inputs.entropy[b, t]), b, t) for b in range(len(adv)) for t in _loss_cols(inputs, b)]
+    out = _zeros_loop(inputs)
+    if not cells:
+        return out
+    values = sorted(h for h, _, _ in cells)
+    pos = (1.0 - top_quantile) * (len(values) - 1)
+    lo = int(math.floor(pos))
+    hi = min(lo + 1, len(values) - 1)
+    tau = values[lo] + (values[hi] - values[lo]) * (pos - lo)
+    for h, b, t in cells:
+        if h >= tau:
+            out[b][t] = adv[b]
+    return out
+
+
 # -- what training hands these estimators (credit/providers.py) --------------------------------------
 
 # A small built-in stand-in for HICRA's Strategic-Gram lexicon (the paper mines n-grams offline with
@@ -700,6 +752,9 @@ CATALOG = [
     Entry("t_reg", "sequence advantage spread over tokens by contrastive-prompt token rewards",
           "T-REG: Preference Optimization with Token-Level Reward Regularization (arXiv 2412.02685)",
           "reconstructed", "groups, extras contrastive_logprobs_pos/neg (2 prompted passes)"),
+    Entry("forking_tokens", "the 80/20 rule: GRPO advantage only on the batch's top-20% entropy tokens",
+          "Beyond the 80/20 Rule: High-Entropy Minority Tokens Drive Effective Reinforcement Learning for LLM "
+          "Reasoning (arXiv 2506.01939)", "confirmed", "groups, entropy"),
     Entry("d3s_token", "keep the top |A| x entropy tokens of the batch, zero the rest",
           "Learning More with Less: A Dynamic Dual-Level Down-Sampling Framework for Efficient Policy "
           "Optimization (arXiv 2509.22115)", "reconstructed", "groups, entropy"),
