@@ -65,6 +65,7 @@ def catalog_markdown() -> str:
         "## Group samplers (`rollout.sampler`)\n\n" + markdown(sampler_entries()) + "\n\n"
         "## Entropy control (`rl.entropy_control`)\n\n" + markdown(entropy_control_entries()) + "\n\n"
         "## Reward terms (`rl.reward_terms`)\n\n" + markdown(reward_term_entries()) + "\n\n"
+        "## Sample selection (`rl.sample_selection`)\n\n" + markdown(selection_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
 
@@ -100,6 +101,13 @@ def entropy_control_entries() -> list[Entry]:
     from credo.objectives.entropy_control import CONTROLS_CATALOG
 
     return sorted(CONTROLS_CATALOG, key=lambda e: e.name)
+
+
+def selection_entries() -> list[Entry]:
+    """The rows of the sample-selection rules (select/)."""
+    from credo.select.d3s import CATALOG
+
+    return sorted(CATALOG, key=lambda e: e.name)
 
 
 def reward_term_entries() -> list[Entry]:
@@ -144,6 +152,8 @@ def print_catalog(what: str = "all") -> None:
         print("\nentropy control (rl.entropy_control):\n" + table(entropy_control_entries()))
     if what in ("all", "rewards"):
         print("\nreward terms (rl.reward_terms):\n" + table(reward_term_entries()))
+    if what in ("all", "selection"):
+        print("\nsample selection (rl.sample_selection):\n" + table(selection_entries()))
 
 
 if __name__ == "__main__":

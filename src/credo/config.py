@@ -242,6 +242,11 @@ class RLConfig:
     (overlong_penalty_mean, overlong_fraction). 0 = off (the paper: 4096 of 20480)."""
     overlong_penalty_factor: Annotated[float, Range(lo=0)] = 1.0
     """Penalty at the generation limit with overlong_buffer > 0 (DAPO: 1.0)."""
+    sample_selection: Annotated[str, OneOf(("none", "d3s"))] = "none"
+    """Which rollouts of a step the update trains on (select/; `credo list selection`): "d3s" = D3S's
+    sample level, per group the max-Var(A) subset, keep ratio 0.5 -> 1.0 over the first half of RL."""
+    sample_selection_params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the selection rule, e.g. {"start": 0.5, "end": 1.0, "ramp": 0.5} for d3s."""
     reward_terms: dict[str, Any] = field(default_factory=dict)
     """Weighted reward terms (rewards/terms.py; `credo list rewards`): the reward is sum_k w_k term_k, each
     term logged as reward/<name>. Empty = the task's own reward. Example: {"task": 1.0, "hapo_length":

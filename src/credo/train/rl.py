@@ -300,6 +300,7 @@ class RLContext:
     dynamic_sampling: Callable | None = None  # rl.dynamic_sampling (select/dynamic_sampling.py::DynamicSampling)
     overlong: Callable | None = None  # rl.overlong_buffer > 0: (rewards, lengths) -> (shaped, metrics)
     reward_mix: Any = None  # rl.reward_terms: rewards/terms.py::RewardMix (weighted terms, HAPO's history)
+    sample_selection: Callable | None = None  # rl.sample_selection: select/d3s.py::D3SSelection (rows kept)
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
     temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too
@@ -587,6 +588,11 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
             )
     row_prompt_ids = torch.tensor([prompt_ids[g] for g in group_ids], dtype=torch.long)
     credit_metrics = assign_credit(ctx, batch, completions, [examples[g] for g in group_ids], row_prompt_ids)
+    if ctx.sample_selection is not None:  # D3S: train on the max-Var(A) rollouts of each group only
+        keep, selection_metrics = ctx.sample_selection(step, batch.advantages, batch.loss_mask, batch.group_ids)
+        batch.loss_mask = batch.loss_mask & keep[:, None]
+        batch.advantages = torch.where(batch.loss_mask, batch.advantages, torch.zeros_like(batch.advantages))
+        credit_metrics.update(selection_metrics)
     if ctx.credit_protocol is not None:
         next_state, state_metrics = advance_credit_state(ctx, batch, row_prompt_ids)
         credit_metrics.update(state_metrics)

@@ -64,6 +64,7 @@ from credo.rollout.samplers import make_sampler
 from credo.rewards.length import overlong_shaping
 from credo.rewards.terms import make_reward_mix
 from credo.select import DynamicSampling
+from credo.select.d3s import make_sample_selection
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
 from credo.dist.env import init as init_world, teardown as teardown_world
@@ -190,7 +191,8 @@ def validate(cfg: TrainConfig) -> None:
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     check_scale_out(cfg)
     check_trackers(cfg.run.trackers)
-    make_reward_mix(cfg.rl.reward_terms, cfg.rl.reward_term_params)  # (names, weights and parameters)  # (a missing tensorboard / wandb package, before the run folder exists)
+    make_reward_mix(cfg.rl.reward_terms, cfg.rl.reward_term_params)  # (names, weights and parameters)
+    make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)  # (a missing tensorboard / wandb package, before the run folder exists)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
@@ -531,6 +533,7 @@ def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens:
     """DAPO's dynamic sampling (refill prompts from `prompts`) and soft overlong punishment; the weighted
     reward terms (rl.reward_terms), their state restored from an RL checkpoint."""
     ctx.reward_mix = make_reward_mix(rl.reward_terms, rl.reward_term_params)
+    ctx.sample_selection = make_sample_selection(rl.sample_selection, rl.sample_selection_params, rl.steps)
     if ctx.reward_mix is not None and ctx.reward_mix.stateful and resumed is not None \
             and resumed.state.get("stage") == "rl":
         if "reward_terms" not in resumed.state:
