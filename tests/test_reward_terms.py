@@ -117,9 +117,63 @@ def test_validate_refuses_a_bad_term_before_any_model_loads():
 
     with pytest.raises(CredoError, match="unknown reward term"):
         validate(resolve_config("tiny", None, [("rl.reward_terms", '{"nope": 1.0}')]))
+    with pytest.raises(CredoError, match="rl.reward_terms 'otc' counts tool calls, but task 'arith' has none"):
+        validate(resolve_config("tiny", None, [("rl.reward_terms", '{"otc": 1.0}')]))
 
 
 def test_the_catalog_lists_every_term():
     from credo.rewards.terms import CATALOG, REWARD_TERMS
 
     assert sorted(e.name for e in CATALOG) == sorted(REWARD_TERMS.names())
+
+
+def test_otc_tool_reward_by_hand():
+    from credo.rewards.terms import otc_tool_reward
+
+    assert otc_tool_reward(0, 0) == 1.0 and otc_tool_reward(3, 3) == pytest.approx(1.0)
+    assert otc_tool_reward(1, 0) == pytest.approx(math.cos(math.pi / 3))  # n unknown: cos(m pi / (2m + 1))
+    assert otc_tool_reward(2, 0, c=2.0) == pytest.approx(math.cos(2 * math.pi / 6))
+    assert otc_tool_reward(0, 2) == 0.0  # f = 0: no calls where calls were needed
+    assert otc_tool_reward(2, 1) == pytest.approx(math.sin((4 / 3) * math.pi / 2))  # f = 2 * 1 * 2 / 3
+
+
+def _tool_inputs(calls, correct, groups, keys):
+    return TermInputs(["t"] * len(calls), [5] * len(calls), ["a"] * len(calls),
+                      [Score(float(c), c, True) for c in correct], groups, keys, calls)
+
+
+def test_otc_uses_the_group_and_the_problems_history():
+    from credo.rewards.terms import OtcToolEfficiency
+
+    term = OtcToolEfficiency()
+    step1 = _tool_inputs([1, 2, 3], [True, True, False], [0, 0, 0], ["q", "q", "q"])
+    assert term(step1) == pytest.approx([1.0, math.sin((4 / 3) * math.pi / 2), 0.0])  # n = 1; wrong -> 0
+    term.commit(step1)
+    assert term.best == {"q": 1}
+    step2 = _tool_inputs([3, 2], [True, False], [0, 0], ["q", "q"])
+    assert term(step2) == pytest.approx([math.sin(1.5 * math.pi / 2), 0.0])  # n = 1 from the history: f = 1.5
+    no_history = OtcToolEfficiency(history=False)
+    assert no_history(step2) == pytest.approx([1.0, 0.0])  # n = 3 from this group alone
+    nobody = _tool_inputs([0, 2], [False, False], [0, 0], ["r", "r"])  # no correct rollout: all 0
+    assert term(nobody) == [0.0, 0.0]
+    mix = RewardMix({"otc": 1.0})
+    rewards, metrics = mix(_inputs([("a", 4, 1.0, True, True, 0, "1")]))  # no tool counts: counted error
+    assert rewards.tolist() == [0.0] and metrics["reward/otc_errors"] == 1.0
+
+
+def test_otc_trains_on_keyvalue_and_keeps_its_history(tmp_path):
+    import json
+
+    from credo.cli import resolve_config
+    from credo.train.run import train
+
+    cfg = resolve_config("tiny", None, [("task.name", "keyvalue"), ("task.params", "{}"),
+                                        ("rl.reward_terms", '{"otc": 1.0, "format": 0.1}'), ("rl.prompt_pool", "4"),
+                                        ("rl.steps", "2"), ("run.out_dir", str(tmp_path)), ("run.name", "otc"),
+                                        ("run.progress", "false")])
+    train(cfg)
+    rows = [json.loads(line) for line in (tmp_path / "otc" / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rows if r["phase"] == "rl"]
+    assert len(rl) == 2 and all("reward/otc" in r and "reward/format" in r for r in rl)
+    state = json.loads((tmp_path / "otc" / "checkpoints" / "final" / "state.json").read_text())
+    assert set(state["reward_terms"]) == {"otc"} and "best" in state["reward_terms"]["otc"]

@@ -570,9 +570,11 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
                     "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     if ctx.reward_mix is not None:  # rl.reward_terms: sum_k w_k term_k, each logged (rewards/terms.py)
+        calls = None if not callable(getattr(ctx.task, "tool_calls", None)) else [  # (OTC: calls per rollout)
+            sum(len(ctx.task.tool_calls(t)) for t in c.meta.get("turn_texts", [])) for c in completions]
         terms = TermInputs([c.text for c in completions], [len(c.token_ids) for c in completions],
                            [examples[g].answer for g in group_ids], scores, list(group_ids),
-                           [str(prompt_ids[g]) for g in group_ids])
+                           [str(prompt_ids[g]) for g in group_ids], calls)
         rewards, term_metrics = ctx.reward_mix(terms)
         ctx.reward_mix.commit(terms)  # (HAPO's history sees this step; checkpointed after it)
         selection.update(term_metrics)

@@ -192,6 +192,14 @@ def validate(cfg: TrainConfig) -> None:
     check_scale_out(cfg)
     check_trackers(cfg.run.trackers)
     make_reward_mix(cfg.rl.reward_terms, cfg.rl.reward_term_params)  # (names, weights and parameters)
+    from credo.rewards.terms import NEEDS_TOOL_CALLS
+    from credo.tasks import TASKS
+
+    task_class = TASKS._items.get(cfg.task.name)  # (an unknown name is reported where the task is built)
+    for name in sorted(NEEDS_TOOL_CALLS & set(cfg.rl.reward_terms)):
+        if task_class is not None and not callable(getattr(task_class, "tool_calls", None)):
+            raise CredoError(f"rl.reward_terms {name!r} counts tool calls, but task {cfg.task.name!r} has none "
+                             f"(no tool_calls); use a multi-turn task with tools (keyvalue)")
     make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)  # (a missing tensorboard / wandb package, before the run folder exists)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
