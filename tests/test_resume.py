@@ -147,3 +147,16 @@ def test_hapo_history_survives_a_sigkill_and_resumes_bitwise(tmp_path):
     rows = [r for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if r["phase"] == "rl"]
     assert all("reward/hapo_length" in r and "reward/task" in r for r in rows)
     _assert_same_final_weights(tmp_path / "ref", tmp_path / "crash")
+
+
+def test_adaptive_curriculum_survives_a_sigkill_and_resumes_bitwise(tmp_path):
+    """rl.curriculum adaptive: the level and its accuracy window are in every RL checkpoint."""
+    args = ARGS + ["--rl.curriculum", "adaptive", "--rl.curriculum_params",
+                   '{"levels": [1, 2, 3], "threshold": 0.4, "window": 1}']
+    ref = _credo(args + ["--run.out_dir", str(tmp_path), "--run.name", "ref"])
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    _kill_then_resume(args + ["--run.out_dir", str(tmp_path), "--run.name", "crash"], "update:3", tmp_path / "crash")
+    assert _comparable(tmp_path / "crash") == _comparable(tmp_path / "ref")
+    levels = [r["curriculum_index"] for r in read_metrics(tmp_path / "ref" / "metrics.jsonl") if r["phase"] == "rl"]
+    assert levels[0] == 0 and levels[-1] > 0  # it did move up (parity accuracy is about 0.5 > 0.4)
+    _assert_same_final_weights(tmp_path / "ref", tmp_path / "crash")

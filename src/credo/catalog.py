@@ -66,6 +66,7 @@ def catalog_markdown() -> str:
         "## Entropy control (`rl.entropy_control`)\n\n" + markdown(entropy_control_entries()) + "\n\n"
         "## Reward terms (`rl.reward_terms`)\n\n" + markdown(reward_term_entries()) + "\n\n"
         "## Sample selection (`rl.sample_selection`)\n\n" + markdown(selection_entries()) + "\n\n"
+        "## Curricula (`rl.curriculum`)\n\n" + markdown(curriculum_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
 
@@ -101,6 +102,13 @@ def entropy_control_entries() -> list[Entry]:
     from credo.objectives.entropy_control import CONTROLS_CATALOG
 
     return sorted(CONTROLS_CATALOG, key=lambda e: e.name)
+
+
+def curriculum_entries() -> list[Entry]:
+    """The rows of the difficulty curricula (train/curriculum.py)."""
+    from credo.train.curriculum import CATALOG
+
+    return sorted(CATALOG, key=lambda e: e.name)
 
 
 def selection_entries() -> list[Entry]:
@@ -154,6 +162,8 @@ def print_catalog(what: str = "all") -> None:
         print("\nreward terms (rl.reward_terms):\n" + table(reward_term_entries()))
     if what in ("all", "selection"):
         print("\nsample selection (rl.sample_selection):\n" + table(selection_entries()))
+    if what in ("all", "curricula"):
+        print("\ncurricula (rl.curriculum):\n" + table(curriculum_entries()))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     credo train [--preset default|tiny] [--config FILE.toml] [--rl.clip_high 0.28 ...]
     credo eval --model PATH|smollm2|tiny [--task arith] [--task.params.difficulty 2] [--n 500] [--samples 8]
     credo generate --model PATH "What is 2+3?"
-    credo list [presets|recipes|tasks|objectives|credit|corrections|samplers|entropy|rewards|selection]
+    credo list [presets|recipes|tasks|objectives|credit|corrections|samplers|entropy|rewards|selection|curricula]
     credo compare --preset tiny --recipes grpo,dapo --seeds 0,1,2   (credo/report/compare.py)
     credo report RUN_OR_COMPARE_DIR...
 
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
     p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers", "entropy",
-                                                       "rewards", "selection"])
+                                                       "rewards", "selection", "curricula"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

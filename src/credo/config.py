@@ -242,6 +242,13 @@ class RLConfig:
     (overlong_penalty_mean, overlong_fraction). 0 = off (the paper: 4096 of 20480)."""
     overlong_penalty_factor: Annotated[float, Range(lo=0)] = 1.0
     """Penalty at the generation limit with overlong_buffer > 0 (DAPO: 1.0)."""
+    curriculum: Annotated[str, OneOf(("none", "linear", "adaptive"))] = "none"
+    """Which difficulty level each RL step's prompts come from (train/curriculum.py; `credo list curricula`):
+    "linear" = each level of rl.curriculum_params.levels in turn (the order given: easy-to-hard or
+    hard-first), "adaptive" = the next level once the recent train accuracy reaches a threshold."""
+    curriculum_params: dict[str, Any] = field(default_factory=dict)
+    """{"levels": [1, 2, 3]} plus, optionally, "param" (the task's level parameter, default "difficulty"),
+    and for "adaptive" "threshold" (0.8) and "window" (4 steps)."""
     sample_selection: Annotated[str, OneOf(("none", "d3s"))] = "none"
     """Which rollouts of a step the update trains on (select/; `credo list selection`): "d3s" = D3S's
     sample level, per group the max-Var(A) subset, keep ratio 0.5 -> 1.0 over the first half of RL."""

@@ -301,6 +301,7 @@ class RLContext:
     overlong: Callable | None = None  # rl.overlong_buffer > 0: (rewards, lengths) -> (shaped, metrics)
     reward_mix: Any = None  # rl.reward_terms: rewards/terms.py::RewardMix (weighted terms, HAPO's history)
     sample_selection: Callable | None = None  # rl.sample_selection: select/d3s.py::D3SSelection (rows kept)
+    curriculum: Any = None  # rl.curriculum: train/curriculum.py::Curriculum (checkpointed by run.py)
     dist: Any = None  # credo.dist.hooks.DistHooks when several ranks train (torch.distributed)
     seed_per_prompt: bool = False  # dist.seed_per_prompt: one engine call per group (credo/dist/shard.py)
     temperature_schedule: Any = None  # rollout.temperature_schedule (rollout/temperature.py); in `sampling` too

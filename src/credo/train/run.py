@@ -65,6 +65,7 @@ from credo.rewards.length import overlong_shaping
 from credo.rewards.terms import make_reward_mix
 from credo.select import DynamicSampling
 from credo.select.d3s import make_sample_selection
+from credo.train.curriculum import level_prompts, make_curriculum
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
 from credo.dist.env import init as init_world, teardown as teardown_world
@@ -200,7 +201,14 @@ def validate(cfg: TrainConfig) -> None:
         if task_class is not None and not callable(getattr(task_class, "tool_calls", None)):
             raise CredoError(f"rl.reward_terms {name!r} counts tool calls, but task {cfg.task.name!r} has none "
                              f"(no tool_calls); use a multi-turn task with tools (keyvalue)")
-    make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)  # (a missing tensorboard / wandb package, before the run folder exists)
+    make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)
+    make_curriculum(cfg.rl.curriculum, cfg.rl.curriculum_params, steps=cfg.rl.steps, per_level=1)
+    if cfg.rl.curriculum != "none":
+        for field_name, on in (("rl.dynamic_sampling", cfg.rl.dynamic_sampling), ("rl.spo_prioritized", cfg.rl.spo_prioritized),
+                               ("rollout.max_staleness > 0", cfg.rollout.max_staleness > 0)):
+            if on:  # refills / prioritised draws / steps sent ahead would ignore the current level
+                raise CredoError(f"rl.curriculum with {field_name} is not built yet (it would draw prompts outside "
+                                 f"the current level); use one of them")  # (a missing tensorboard / wandb package, before the run folder exists)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
@@ -583,6 +591,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
         state["entropy_control"] = ctx.entropy_control.state()
     if ctx.reward_mix is not None and ctx.reward_mix.stateful:  # HAPO's per-problem history (exact resume)
         state["reward_terms"] = ctx.reward_mix.state()
+    if ctx.curriculum is not None:  # the adaptive level and its window (exact resume)
+        state["curriculum"] = ctx.curriculum.state()
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
@@ -633,11 +643,22 @@ def rl_stage(run: Run) -> None:
     ctx = rl_context(run)
     # the persistent id of a prompt is its index in this list (see train/prompts.py)
     size = rl.prompt_pool if rl.prompt_pool > 0 else max(1, rl.steps * rl.prompts_per_step)
-    prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
+    curriculum = make_curriculum(rl.curriculum, rl.curriculum_params, steps=rl.steps, per_level=size)
+    if curriculum is None:
+        prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
+    else:  # every level's prompts, one block per level (train/curriculum.py)
+        prompts = level_prompts(make_task, run.cfg.task.name, run.cfg.task.params, curriculum, run.cfg.run.seed)
+        if run.resumed is not None and run.resumed.state.get("stage") == "rl":
+            if "curriculum" not in run.resumed.state:
+                raise CredoError(f"checkpoint {run.resumed.folder} has no state for rl.curriculum")
+            curriculum.load_state(run.resumed.state["curriculum"])
+    ctx.curriculum = curriculum
     bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens, run.resumed)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
 
     def schedule(step: int) -> list[int]:  # the prompt ids of a step (deterministic: no tracker weights)
+        if curriculum is not None:
+            return curriculum.prompt_ids(step, rl.prompts_per_step, run.cfg.run.seed)
         pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
         return scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
 
@@ -668,6 +689,9 @@ def rl_stage(run: Run) -> None:
         lo, hi = shard_bounds(len(ids), run.world.rank, run.world.world_size)  # whole groups per rank
         metrics = rl_step(ctx, step, [prompts[k] for k in ids[lo:hi]], ids[lo:hi], range(lo, hi))
         metrics = reduce_metrics(run.world, metrics, rows=(hi - lo) * rl.group_size)
+        if curriculum is not None:  # the level this step drew from; then the adaptive rule sees its accuracy
+            metrics.update(curriculum.metrics(step))
+            curriculum.observe(step, metrics.get("accuracy"))
         run.writer.write({"phase": "rl", "step": step, "lr": lr, **scaled, **metrics})
         bar.update(1)
         run.clock.done("rl", time.perf_counter() - step_started)
