@@ -294,3 +294,18 @@ def test_compare_on_local_ray_workers(tmp_path):
     assert [r["status"] for r in manifest["warmups"]] == ["finished"]
     arms, _ = records_of([str(out)])
     assert all(len(runs) == 1 and runs[0].summary is not None for runs in arms.values())
+
+
+def test_shared_warmup_only_when_the_arms_agree_on_what_the_warmup_reads():
+    from credo.report.compare import resolve_arms, shared_warmup_reason
+
+    def reason(*arms):
+        return shared_warmup_reason(resolve_arms(list(arms), preset="tiny", config=None, common=[], allow_unequal=True))
+
+    assert reason(Arm("a", "grpo", [("task.eval_every", "2")]), Arm("b", "dapo", [("rl.steps", "7")])) is None
+    assert reason(Arm("a", None, [("task.params.difficulty", "1")]), Arm("b")) == "the arms differ in their task.* fields"
+    assert reason(Arm("a", None, [("warmup.lr", "0.01")]), Arm("b")) == "the arms differ in their warmup.* fields"
+    assert reason(Arm("a", None, [("warmup.steps", "0")]), Arm("b", None, [("warmup.steps", "0")])) == \
+        "warmup.steps is 0"
+    assert reason(Arm("a", None, [("model.lora_rank", "4")]), Arm("b", None, [("model.lora_rank", "4")])) == \
+        "LoRA warm-up checkpoints hold adapters only"

@@ -264,6 +264,8 @@ def shared_warmup_reason(resolved: dict[str, Any]) -> str | None:
         return "LoRA warm-up checkpoints hold adapters only"
     if first["dist"]["strategy"] != "none":
         return "dist.strategy runs several ranks"
+    for d in dicts:  # (when the held-out set is scored during RL does not touch the warm-up)
+        d["task"] = {k: v for k, v in d["task"].items() if k != "eval_every"}
     for section in WARMUP_SECTIONS:
         if any(d[section] != first[section] for d in dicts[1:]):
             return f"the arms differ in their {section}.* fields"
