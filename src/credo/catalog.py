@@ -83,53 +83,46 @@ def recipe_markdown() -> str:
     return "\n".join(rows)
 
 
-def schedule_entries() -> list[Entry]:
-    """The rows of the adaptive sampling temperatures (rollout/temperature.py)."""
-    from credo.rollout.temperature import CATALOG
+def _rows(module: str, attr: str = "CATALOG") -> list[Entry]:
+    """The catalog rows a method module keeps in `attr`, sorted by name (imported only when listed)."""
+    import importlib
 
-    return sorted(CATALOG, key=lambda e: e.name)
+    return sorted(getattr(importlib.import_module(module), attr), key=lambda e: e.name)
+
+
+def schedule_entries() -> list[Entry]:
+    """The adaptive sampling temperatures (rollout/temperature.py)."""
+    return _rows("credo.rollout.temperature")
 
 
 def sampler_entries() -> list[Entry]:
-    """The rows of the group samplers (rollout/samplers.py)."""
-    from credo.rollout.samplers import SAMPLERS_CATALOG
-
-    return sorted(SAMPLERS_CATALOG, key=lambda e: e.name)
+    """The group samplers (rollout/samplers.py)."""
+    return _rows("credo.rollout.samplers", "SAMPLERS_CATALOG")
 
 
 def entropy_control_entries() -> list[Entry]:
-    """The rows of the entropy-coefficient controllers (objectives/entropy_control.py)."""
-    from credo.objectives.entropy_control import CONTROLS_CATALOG
-
-    return sorted(CONTROLS_CATALOG, key=lambda e: e.name)
+    """The entropy-coefficient controllers (objectives/entropy_control.py)."""
+    return _rows("credo.objectives.entropy_control", "CONTROLS_CATALOG")
 
 
 def curriculum_entries() -> list[Entry]:
-    """The rows of the difficulty curricula (train/curriculum.py)."""
-    from credo.train.curriculum import CATALOG
-
-    return sorted(CATALOG, key=lambda e: e.name)
+    """The difficulty curricula (train/curriculum.py)."""
+    return _rows("credo.train.curriculum")
 
 
 def selection_entries() -> list[Entry]:
-    """The rows of the sample-selection rules (select/)."""
-    from credo.select.d3s import CATALOG
-
-    return sorted(CATALOG, key=lambda e: e.name)
+    """The sample-selection rules (select/d3s.py)."""
+    return _rows("credo.select.d3s")
 
 
 def reward_term_entries() -> list[Entry]:
-    """The rows of the weighted reward terms (rewards/terms.py)."""
-    from credo.rewards.terms import CATALOG
-
-    return sorted(CATALOG, key=lambda e: e.name)
+    """The weighted reward terms (rewards/terms.py)."""
+    return _rows("credo.rewards.terms")
 
 
 def correction_entries() -> list[Entry]:
-    """The rows of the importance-sampling corrections (objectives/is_correction.py)."""
-    from credo.objectives.is_correction import CORRECTIONS_CATALOG
-
-    return sorted(CORRECTIONS_CATALOG, key=lambda e: e.name)
+    """The importance-sampling corrections (objectives/is_correction.py)."""
+    return _rows("credo.objectives.is_correction", "CORRECTIONS_CATALOG")
 
 
 def print_catalog(what: str = "all") -> None:

@@ -46,25 +46,15 @@ class PreferencePair:
 def read_pairs(path: str | Path) -> dict[str, list[PreferencePair]]:
     """{"train": [...], "test": [...]} from a preference JSONL file (see the module docstring)."""
     from credo.tasks.base import SPLITS, split_of
+    from credo.tasks.data_files import read_records  # (also Parquet / CSV / datasets folders of pairs)
 
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CredoError(f"train-rm: pairs file not found: {path}")
+
     out: dict[str, list[PreferencePair]] = {"train": [], "test": []}
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        where = f"{path}:{number}"
-        try:
-            line = raw.decode("utf-8").lstrip("\ufeff")
-        except UnicodeDecodeError as exc:
-            raise CredoError(f"{where}: not valid UTF-8: {exc.reason}") from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError) as exc:
-            raise CredoError(f"{where}: invalid JSON ({type(exc).__name__}: {exc})") from None
-        if not isinstance(row, dict):
-            raise CredoError(f"{where}: expected a JSON object")
+    for record in read_records(path):  # (JSONL lines: UTF-8, JSON objects, errors with file:line)
+        where, row = record.where, record.row
         for name in ("prompt", "chosen", "rejected"):
             if not isinstance(row.get(name), str) or not row[name].strip():
                 raise CredoError(f"{where}: field {name!r} must be a non-empty string")
