@@ -277,6 +277,17 @@ def make_reward_mix(weights: dict[str, float], params: dict[str, dict[str, Any]]
     return RewardMix(weights, params)
 
 
+def check_reward_terms(weights: dict[str, float], params: dict[str, dict[str, Any]] | None, task_class: Any,
+                       task_name: str) -> None:
+    """Before anything loads (train/run.py::validate): names, weights and parameters, and that a term
+    counting tool calls has a task with tools (task_class None: the task's name is checked elsewhere)."""
+    make_reward_mix(weights, params)
+    for name in sorted(NEEDS_TOOL_CALLS & set(weights)):
+        if task_class is not None and not callable(getattr(task_class, "tool_calls", None)):
+            raise CredoError(f"rl.reward_terms {name!r} counts tool calls, but task {task_name!r} has none "
+                             f"(no tool_calls); use a multi-turn task with tools (keyvalue)")
+
+
 CATALOG = [
     Entry("task", "the task verifier's reward", "-", "confirmed", "task"),
     Entry("format", "1 when the task's format check passed", "-", "confirmed", "task"),

@@ -106,6 +106,20 @@ def make_curriculum(kind: str, params: dict[str, Any], *, steps: int, per_level:
         raise CredoError(f"rl.curriculum_params: {exc}") from None
 
 
+def check_curriculum(cfg) -> None:
+    """Before anything loads (train/run.py::validate): the parameters, and the combinations not built yet
+    (refills, prioritised draws and steps sent ahead would draw prompts outside the current level)."""
+    rl = cfg.rl
+    make_curriculum(rl.curriculum, rl.curriculum_params, steps=rl.steps, per_level=1)
+    if rl.curriculum == "none":
+        return
+    for field_name, on in (("rl.dynamic_sampling", rl.dynamic_sampling), ("rl.spo_prioritized", rl.spo_prioritized),
+                           ("rollout.max_staleness > 0", cfg.rollout.max_staleness > 0)):
+        if on:
+            raise CredoError(f"rl.curriculum with {field_name} is not built yet (it would draw prompts outside the "
+                             f"current level); use one of them")
+
+
 def level_prompts(make_task, name: str, params: dict[str, Any], curriculum: Curriculum, seed: int) -> list:
     """The run's prompt list: per level (in order) `per_level` training prompts of the task at that level."""
     prompts = []

@@ -62,10 +62,10 @@ from credo.train.rl import RLContext, UpdateSettings, bind_params, rl_step, roll
 from credo.rollout.multiturn import is_multiturn
 from credo.rollout.samplers import make_sampler
 from credo.rewards.length import overlong_shaping
-from credo.rewards.terms import make_reward_mix
+from credo.rewards.terms import check_reward_terms, make_reward_mix
 from credo.select import DynamicSampling
 from credo.select.d3s import make_sample_selection
-from credo.train.curriculum import level_prompts, make_curriculum
+from credo.train.curriculum import check_curriculum, level_prompts, make_curriculum
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
 from credo.dist.env import init as init_world, teardown as teardown_world
@@ -191,24 +191,12 @@ def validate(cfg: TrainConfig) -> None:
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
     check_scale_out(cfg)
-    check_trackers(cfg.run.trackers)
-    make_reward_mix(cfg.rl.reward_terms, cfg.rl.reward_term_params)  # (names, weights and parameters)
-    from credo.rewards.terms import NEEDS_TOOL_CALLS
+    check_trackers(cfg.run.trackers)  # (a missing tensorboard / wandb package, before the run folder exists)
     from credo.tasks import TASKS
 
-    task_class = TASKS._items.get(cfg.task.name)  # (an unknown name is reported where the task is built)
-    for name in sorted(NEEDS_TOOL_CALLS & set(cfg.rl.reward_terms)):
-        if task_class is not None and not callable(getattr(task_class, "tool_calls", None)):
-            raise CredoError(f"rl.reward_terms {name!r} counts tool calls, but task {cfg.task.name!r} has none "
-                             f"(no tool_calls); use a multi-turn task with tools (keyvalue)")
+    check_reward_terms(cfg.rl.reward_terms, cfg.rl.reward_term_params, TASKS._items.get(cfg.task.name), cfg.task.name)
     make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)
-    make_curriculum(cfg.rl.curriculum, cfg.rl.curriculum_params, steps=cfg.rl.steps, per_level=1)
-    if cfg.rl.curriculum != "none":
-        for field_name, on in (("rl.dynamic_sampling", cfg.rl.dynamic_sampling), ("rl.spo_prioritized", cfg.rl.spo_prioritized),
-                               ("rollout.max_staleness > 0", cfg.rollout.max_staleness > 0)):
-            if on:  # refills / prioritised draws / steps sent ahead would ignore the current level
-                raise CredoError(f"rl.curriculum with {field_name} is not built yet (it would draw prompts outside "
-                                 f"the current level); use one of them")  # (a missing tensorboard / wandb package, before the run folder exists)
+    check_curriculum(cfg)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
