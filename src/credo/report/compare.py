@@ -193,10 +193,9 @@ class Job:
         return f"{self.arm}-s{self.seed}"
 
 
-def _manifest(out: Path, arms: list[Arm], seeds: list[int], jobs: list[Job], command: list[str]) -> dict:
-    return {"arms": [a.to_json() for a in arms], "seeds": seeds, "command": command,
-            "runs": [{"arm": j.arm, "seed": j.seed, "folder": str(j.folder.relative_to(out)), "status": j.status,
-                      "seconds": j.seconds, "returncode": j.returncode, "error": j.error} for j in jobs]}
+def _runs_json(out: Path, jobs: list[Job]) -> list[dict]:
+    return [{"arm": j.arm, "seed": j.seed, "folder": str(j.folder.relative_to(out)), "status": j.status,
+             "seconds": j.seconds, "returncode": j.returncode, "error": j.error} for j in jobs]
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -360,9 +359,8 @@ def run_compare(arms: list[Arm], seeds: list[int], out: Path, *, preset: str | N
                    else [f"Each run does its own warm-up ({why_not})."])
 
     def save() -> None:
-        manifest = _manifest(out, arms, seeds, todo, command)
-        manifest["warmups"] = _manifest(out, arms, seeds, list(warmups.values()), command)["runs"]
-        _write_json(out / MANIFEST, manifest)
+        _write_json(out / MANIFEST, {"arms": [a.to_json() for a in arms], "seeds": seeds, "command": command,
+                                     "runs": _runs_json(out, todo), "warmups": _runs_json(out, list(warmups.values()))})
 
     def refresh() -> None:
         try:

@@ -70,6 +70,17 @@ class TermInputs:
     prompt_keys: Sequence[str]
     tool_calls: Sequence[int] | None = None  # calls per rollout, for tasks with tools (else None)
 
+    @classmethod
+    def of(cls, task: Any, completions: Sequence[Any], examples: Sequence[Any], scores: Sequence[Any],
+           group_ids: Sequence[int], prompt_ids: Sequence[int]) -> "TermInputs":
+        """The rows of one RL step (train/rl.py::rl_step): examples and prompt_ids are per group;
+        tool calls are counted per turn with the task's `tool_calls` when it has one (OTC)."""
+        calls = None if not callable(getattr(task, "tool_calls", None)) else [
+            sum(len(task.tool_calls(t)) for t in c.meta.get("turn_texts", [])) for c in completions]
+        return cls([c.text for c in completions], [len(c.token_ids) for c in completions],
+                   [examples[g].answer for g in group_ids], scores, list(group_ids),
+                   [str(prompt_ids[g]) for g in group_ids], calls)
+
 
 REWARD_TERMS: Registry[Callable[..., Any]] = Registry("reward term")
 

@@ -430,11 +430,17 @@ def credit_companions(credit: Callable, inputs, batch: RolloutBatch) -> dict[str
     mask_fn = loss_mask_of(credit)
     if mask_fn is not None:
         keep = mask_fn(inputs, **provider_params(mask_fn, credit)).bool()
-        before = batch.loss_mask
-        batch.loss_mask = before & keep
-        batch.advantages = torch.where(batch.loss_mask, batch.advantages, torch.zeros_like(batch.advantages))
-        out["credit_masked_tokens"] = float((before & ~keep).sum())
+        out["credit_masked_tokens"] = narrow_loss_mask(batch, keep)
     return out
+
+
+def narrow_loss_mask(batch: RolloutBatch, keep: torch.Tensor) -> float:
+    """Train on `keep` ([B, T] or [B, 1] bool) of the loss tokens only: loss mask and advantages narrowed
+    together (VPR's flat states, D3S's dropped rollouts). Returns how many loss tokens were dropped."""
+    before = batch.loss_mask
+    batch.loss_mask = before & keep
+    batch.advantages = torch.where(batch.loss_mask, batch.advantages, torch.zeros_like(batch.advantages))
+    return float((before & ~batch.loss_mask).sum())
 
 
 @torch.no_grad()
@@ -571,11 +577,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
                     "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     if ctx.reward_mix is not None:  # rl.reward_terms: sum_k w_k term_k, each logged (rewards/terms.py)
-        calls = None if not callable(getattr(ctx.task, "tool_calls", None)) else [  # (OTC: calls per rollout)
-            sum(len(ctx.task.tool_calls(t)) for t in c.meta.get("turn_texts", [])) for c in completions]
-        terms = TermInputs([c.text for c in completions], [len(c.token_ids) for c in completions],
-                           [examples[g].answer for g in group_ids], scores, list(group_ids),
-                           [str(prompt_ids[g]) for g in group_ids], calls)
+        terms = TermInputs.of(ctx.task, completions, examples, scores, group_ids, prompt_ids)
         rewards, term_metrics = ctx.reward_mix(terms)
         ctx.reward_mix.commit(terms)  # (HAPO's history sees this step; checkpointed after it)
         selection.update(term_metrics)
@@ -593,8 +595,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     credit_metrics = assign_credit(ctx, batch, completions, [examples[g] for g in group_ids], row_prompt_ids)
     if ctx.sample_selection is not None:  # D3S: train on the max-Var(A) rollouts of each group only
         keep, selection_metrics = ctx.sample_selection(step, batch.advantages, batch.loss_mask, batch.group_ids)
-        batch.loss_mask = batch.loss_mask & keep[:, None]
-        batch.advantages = torch.where(batch.loss_mask, batch.advantages, torch.zeros_like(batch.advantages))
+        narrow_loss_mask(batch, keep[:, None])
         credit_metrics.update(selection_metrics)
     if ctx.credit_protocol is not None:
         next_state, state_metrics = advance_credit_state(ctx, batch, row_prompt_ids)
