@@ -235,7 +235,7 @@ def test_llm_judge_batched_equals_one_by_one_and_caches(tiny):
 
 
 def test_llm_judge_templates_and_errors(tiny):
-    assert set(TEMPLATES) == {"step", "critique", "subgoal", "attribution"}
+    assert set(TEMPLATES) >= {"step", "critique", "subgoal", "attribution", "rule", "wellposed"}
     judge = LLMJudge(tiny.model, tiny.tokenizer)
     q = judge.yes_probability("critique", [{"prompt": "What is 1+1?", "context": "<answer>2</answer>", "index": "1",
                                             "step": "<answer>2</answer>"}])

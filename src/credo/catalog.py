@@ -65,8 +65,10 @@ def catalog_markdown() -> str:
         "## Group samplers (`rollout.sampler`)\n\n" + markdown(sampler_entries()) + "\n\n"
         "## Entropy control (`rl.entropy_control`)\n\n" + markdown(entropy_control_entries()) + "\n\n"
         "## Reward terms (`rl.reward_terms`)\n\n" + markdown(reward_term_entries()) + "\n\n"
-        "## Sample selection (`rl.sample_selection`)\n\n" + markdown(selection_entries()) + "\n\n"
+        "## Sample and data selection (`rl.sample_selection`, `rl.data_selection`)\n\n"
+        + markdown(selection_entries()) + "\n\n"
         "## Curricula (`rl.curriculum`)\n\n" + markdown(curriculum_entries()) + "\n\n"
+        "## Training stages (`credo pipeline`, `[[stages]] kind`)\n\n" + markdown(stage_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
 
@@ -106,18 +108,27 @@ def entropy_control_entries() -> list[Entry]:
 
 
 def curriculum_entries() -> list[Entry]:
-    """The difficulty curricula (train/curriculum.py)."""
-    return _rows("credo.train.curriculum")
+    """The difficulty curricula (train/curriculum.py), the context-length phases (train/context_schedule.py)
+    and TAROT's tier-weight curriculum (train/tarot.py)."""
+    return sorted(_rows("credo.train.curriculum") + _rows("credo.train.context_schedule") + _rows("credo.train.tarot"),
+                  key=lambda e: e.name)
 
 
 def selection_entries() -> list[Entry]:
-    """The sample-selection rules (select/d3s.py)."""
-    return _rows("credo.select.d3s")
+    """The sample-selection rules (select/d3s.py) and the prompt-pool selection (select/datamask.py)."""
+    return sorted(_rows("credo.select.d3s") + _rows("credo.select.datamask"), key=lambda e: e.name)
 
 
 def reward_term_entries() -> list[Entry]:
     """The weighted reward terms (rewards/terms.py)."""
     return _rows("credo.rewards.terms")
+
+
+def stage_entries() -> list[Entry]:
+    """The training stages a pipeline chains (stages/)."""
+    import credo.stages
+
+    return entries(credo.stages)
 
 
 def correction_entries() -> list[Entry]:
@@ -154,9 +165,11 @@ def print_catalog(what: str = "all") -> None:
     if what in ("all", "rewards"):
         print("\nreward terms (rl.reward_terms):\n" + table(reward_term_entries()))
     if what in ("all", "selection"):
-        print("\nsample selection (rl.sample_selection):\n" + table(selection_entries()))
+        print("\nsample and data selection (rl.sample_selection, rl.data_selection):\n" + table(selection_entries()))
     if what in ("all", "curricula"):
         print("\ncurricula (rl.curriculum):\n" + table(curriculum_entries()))
+    if what in ("all", "stages"):
+        print("\ntraining stages (credo pipeline [[stages]] kind):\n" + table(stage_entries()))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@
     credo list [presets|recipes|tasks|objectives|credit|corrections|samplers|entropy|rewards|selection|curricula]
     credo compare --preset tiny --recipes grpo,dapo --seeds 0,1,2   (credo/report/compare.py)
     credo report RUN_OR_COMPARE_DIR...
+    credo extract-rules --pairs PAIRS.jsonl --model FOLDER --out rules.json   (credo/rewards/autorule.py)
 
 User errors (unknown names, missing files, malformed data) print `error: ...` and exit with status 2.
 """
@@ -171,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
     p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers", "entropy",
-                                                       "rewards", "selection", "curricula"])
+                                                       "rewards", "selection", "curricula", "stages"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 
@@ -182,9 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     from credo.judges import train_orm
 
     train_orm.add_parser(sub)  # `credo train-rm`: an outcome reward model from preference pairs
+    from credo.rewards import autorule
+
+    autorule.add_parser(sub)  # `credo extract-rules`: AutoRule's rules from preference pairs (the autorule term)
     from credo.report import compare
 
     compare.add_parsers(sub)  # `credo compare` (arms x seeds -> report) and `credo report` (rebuild one)
+    from credo.stages import pipeline
+
+    pipeline.add_parsers(sub)  # `credo pipeline` ([[stages]] in one TOML) and `credo stage` (one of them)
     return parser
 
 

@@ -242,24 +242,41 @@ class RLConfig:
     (overlong_penalty_mean, overlong_fraction). 0 = off (the paper: 4096 of 20480)."""
     overlong_penalty_factor: Annotated[float, Range(lo=0)] = 1.0
     """Penalty at the generation limit with overlong_buffer > 0 (DAPO: 1.0)."""
-    curriculum: Annotated[str, OneOf(("none", "linear", "adaptive"))] = "none"
+    curriculum: Annotated[str, OneOf(("none", "linear", "adaptive", "context_length", "tarot"))] = "none"
     """Which difficulty level each RL step's prompts come from (train/curriculum.py; `credo list curricula`):
     "linear" = each level of rl.curriculum_params.levels in turn (the order given: easy-to-hard or
-    hard-first), "adaptive" = the next level once the recent train accuracy reaches a threshold."""
+    hard-first), "adaptive" = the next level once the recent train accuracy reaches a threshold,
+    "context_length" = QwenLong-L1's phases by prompt length (train/context_schedule.py), "tarot" =
+    TAROT's schedule of test-tier weights in the code task's reward (prompts as usual; train/tarot.py)."""
     curriculum_params: dict[str, Any] = field(default_factory=dict)
     """{"levels": [1, 2, 3]} plus, optionally, "param" (the task's level parameter, default "difficulty"),
-    and for "adaptive" "threshold" (0.8) and "window" (4 steps)."""
+    and for "adaptive" "threshold" (0.8) and "window" (4 steps). For "context_length": "levels" =
+    increasing prompt-token limits ([128, 256, 512]), "include_shorter" (false: phase k takes
+    L_{k-1} < tokens <= L_k), "retrospective" (false) and "retro_ratio" (0.25 of each step's prompts).
+    For "tarot" (needs task.params.tiers = true), all optional: "policy" ("auto" | "easy_to_hard" |
+    "hard_first"), "threshold" (0.5: auto picks hard_first at or above this starting pass rate),
+    "weights" ({basic, intermediate, complex, edge}: 0.15, 0.15, 0.35, 0.35), "boundaries" ([0.2, 0.4,
+    0.6] of the RL steps), "capability" ("held_out" | "train") and "probe_size" (16)."""
     sample_selection: Annotated[str, OneOf(("none", "d3s"))] = "none"
     """Which rollouts of a step the update trains on (select/; `credo list selection`): "d3s" = D3S's
     sample level, per group the max-Var(A) subset, keep ratio 0.5 -> 1.0 over the first half of RL."""
     sample_selection_params: dict[str, Any] = field(default_factory=dict)
     """Parameters of the selection rule, e.g. {"start": 0.5, "end": 1.0, "ramp": 0.5} for d3s."""
+    data_selection: Annotated[str, OneOf(("none", "datamask"))] = "none"
+    """Which training prompts make the pool (select/datamask.py; `credo list selection`): "datamask" =
+    DATAMASK's policy-gradient mask learning keeps rl.prompt_pool (> 0) of rl.prompt_pool / ratio
+    candidates by mean quality + lam x diversity, before RL; the choice is in data_selection.json and
+    every RL checkpoint, so --resume trains on the same pool. "none" = the first rl.prompt_pool drawn."""
+    data_selection_params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of "datamask", e.g. {"ratio": 0.25, "quality": "learnability", "embed": "policy",
+    "diversity": "facility", "lam": 1.0}; quality "length", "judge" or "field:<meta name>", embed "tfidf"."""
     reward_terms: dict[str, Any] = field(default_factory=dict)
     """Weighted reward terms (rewards/terms.py; `credo list rewards`): the reward is sum_k w_k term_k, each
     term logged as reward/<name>. Empty = the task's own reward. Example: {"task": 1.0, "hapo_length":
     1.0} (HAPO), {"task": 1.0, "format": 0.1}, {"math": 1.0} (math-verify equivalence)."""
     reward_term_params: dict[str, Any] = field(default_factory=dict)
-    """Keyword parameters of stateful terms, by name, e.g. {"hapo_length": {"floor": -0.7}}."""
+    """Keyword parameters of the terms that take them, by name, e.g. {"hapo_length": {"floor": -0.7}},
+    {"adactrl": {"threshold": 0.625}}, {"cogre": {"dictionary": "keywords.json"}}, {"repetition": {"ngram_size": 3}}."""
     max_nonfinite_steps: Annotated[int, Range(lo=1)] = 5
     """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""

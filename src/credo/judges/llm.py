@@ -18,6 +18,8 @@ votes; here a single forward pass reads the verdict instead of sampling critique
 | critique      | is step k of this whole solution correct? (CAPO: the critic sees the full solution) |
 | subgoal       | does this turn achieve a subgoal of the task? (CALM-style subgoal check)            |
 | attribution   | did this utterance contribute to the outcome? (Sotopia-RL-style attribution)        |
+| rule          | does this response follow this rule? (AutoRule's rule verifier, rewards/autorule.py) |
+| wellposed     | is this a clear, well-posed problem? (a prompt's quality, select/datamask.py)     |
 
 `score()` (the `StepJudge` interface) uses the "step" template; `yes_probability(template, fields)`
 asks any template. Queries are batched (right-padded, read at each row's last real token, so a batched
@@ -46,7 +48,22 @@ TEMPLATES: dict[str, str] = {
                 "Does the latest turn achieve a subgoal of the task? Answer Yes or No."),
     "attribution": ("Conversation goal: {prompt}\nConversation:\n{context}\nUtterance: {step}\n\n"
                     "Did this utterance help reach the goal? Answer Yes or No."),
+    "rule": ("Prompt: {prompt}\nResponse:\n{response}\n\nRule: {rule}\n\n"
+             "Does the response follow this rule? Answer Yes or No."),
+    "wellposed": "Problem: {prompt}\n\nIs this a clear, well-posed problem? Answer Yes or No.",
 }
+
+
+def user_turn_ids(tokenizer, text: str) -> list[int]:
+    """`text` as one user message in the tokenizer's chat format, ending where the assistant's reply
+    starts (a tokenizer without a chat template: the text, then "\nAnswer:")."""
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                            tokenize=True)
+        if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+    return list(tokenizer.encode(text + "\nAnswer:", add_special_tokens=True))
 
 
 def _first_token(tokenizer, word: str) -> int:
@@ -93,15 +110,7 @@ class LLMJudge:
         self.model.eval()
 
     def _render(self, template: str, fields: dict[str, str]) -> list[int]:
-        text = TEMPLATES[template].format(**fields)
-        if getattr(self.tokenizer, "chat_template", None):
-            ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}],
-                                                     add_generation_prompt=True, tokenize=True)
-            if isinstance(ids, dict) or hasattr(ids, "input_ids"):  # newer transformers return a BatchEncoding
-                ids = ids["input_ids"]
-        else:
-            ids = self.tokenizer.encode(text + "\nAnswer:", add_special_tokens=True)
-        return list(ids)[-self.max_tokens:]
+        return user_turn_ids(self.tokenizer, TEMPLATES[template].format(**fields))[-self.max_tokens:]
 
     @torch.no_grad()
     def _forward(self, queries: list[list[int]]) -> list[float]:

@@ -37,6 +37,14 @@ the reward is the task's own, as before. Terms:
       term    = r_tool * correct          (OTC multiplies correctness: use it instead of "task")
   Defaults: c = 1, history true (the paper's "question's history"); alpha is the term's weight. No
   correct rollout yet: n is unknown and treated as 0.
+- `likelihood`: PromptEcho's echo reward carried to text (rewards/likelihood.py): the mean log-prob of
+  the reference answer under a frozen model reading prompt + completion + a guiding query.
+- `autorule`: AutoRule's rule reward (rewards/autorule.py): the fraction of rules (from `credo
+  extract-rules`) a yes/no judge says the completion follows.
+- `adactrl`, `cogre`, `gencls`, `repetition` (rewards/adactrl.py, cogre.py, gencls.py, repetition.py):
+  AdaCtrl's difficulty-aware budget tags, CogRE's keyword-grounded explanation reward, GenCLS++'s
+  classification label match, HAPO's n-gram repetition penalty r_rep. A term that is a class takes
+  its parameters from rl.reward_term_params (and is built once per run).
 """
 
 from __future__ import annotations
@@ -52,6 +60,9 @@ from credo.entry import Entry
 from credo.errors import CredoError
 from credo.registry import Registry
 from credo.rewards.answer_tags import extract_answer
+from credo.rewards.autorule import CATALOG as AUTORULE_CATALOG, AutoRuleReward
+from credo.rewards.likelihood import CATALOG as LIKELIHOOD_CATALOG, PromptEchoLikelihood
+from credo.rewards import adactrl, cogre, gencls, repetition  # (text terms: modules of their own)
 
 
 @dataclass
@@ -69,17 +80,23 @@ class TermInputs:
     group_ids: Sequence[int]
     prompt_keys: Sequence[str]
     tool_calls: Sequence[int] | None = None  # calls per rollout, for tasks with tools (else None)
+    metas: Sequence[dict] | None = None  # metas[i]: its example's Example.meta (CogRE's keywords, GenCLS++'s labels)
+    token_ids: Sequence[Sequence[int]] | None = None  # token_ids[i]: its policy-sampled token ids (HAPO's r_rep)
+    prompts: Sequence[str] | None = None  # prompts[i]: its example's user message (likelihood, autorule judges)
 
     @classmethod
     def of(cls, task: Any, completions: Sequence[Any], examples: Sequence[Any], scores: Sequence[Any],
            group_ids: Sequence[int], prompt_ids: Sequence[int]) -> "TermInputs":
         """The rows of one RL step (train/rl.py::rl_step): examples and prompt_ids are per group;
-        tool calls are counted per turn with the task's `tool_calls` when it has one (OTC)."""
+        tool calls are counted per turn with the task's `tool_calls` when it has one (OTC); token_ids
+        keep the policy's own (trainable) tokens, not a multi-turn task's tool responses."""
         calls = None if not callable(getattr(task, "tool_calls", None)) else [
             sum(len(task.tool_calls(t)) for t in c.meta.get("turn_texts", [])) for c in completions]
         return cls([c.text for c in completions], [len(c.token_ids) for c in completions],
                    [examples[g].answer for g in group_ids], scores, list(group_ids),
-                   [str(prompt_ids[g]) for g in group_ids], calls)
+                   [str(prompt_ids[g]) for g in group_ids], calls, [examples[g].meta for g in group_ids],
+                   [[t for t, own in zip(c.token_ids, c.trainable) if own] for c in completions],
+                   prompts=[examples[g].prompt for g in group_ids])
 
 
 REWARD_TERMS: Registry[Callable[..., Any]] = Registry("reward term")
@@ -204,8 +221,16 @@ class OtcToolEfficiency:
 
 
 REWARD_TERMS.register("otc")(OtcToolEfficiency)
+# model-judged terms (modules of their own; their state is the verdict cache, checkpointed for exact resume)
+REWARD_TERMS.register("likelihood")(PromptEchoLikelihood)
+REWARD_TERMS.register("autorule")(AutoRuleReward)
+# text terms with parameters (classes, built per run; stateless: nothing goes into the checkpoint)
+REWARD_TERMS.register("adactrl")(adactrl.AdaCtrlBudget)
+REWARD_TERMS.register("cogre")(cogre.CogReKeywords)
+REWARD_TERMS.register("gencls")(gencls.GenClsLabel)
+REWARD_TERMS.register("repetition")(repetition.RepetitionPenalty)
 NEEDS_TOOL_CALLS = {"otc"}  # terms that read TermInputs.tool_calls (validated against the task)
-STATEFUL = {"hapo_length", "otc"}  # terms that are classes with state: built with their params, one per run
+STATEFUL = {"hapo_length", "otc", "likelihood", "autorule"}  # classes with state: built with their params, one per run
 
 
 class RewardMix:
@@ -223,7 +248,7 @@ class RewardMix:
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
                 raise CredoError(f"rl.reward_terms[{name!r}]: the weight must be a finite number, got {weight!r}")
             kwargs = params.get(name, {})
-            if name in STATEFUL:
+            if name in STATEFUL or isinstance(term, type):  # (a class: a term with parameters, built per run)
                 try:
                     term = term(**kwargs)
                 except TypeError as exc:
@@ -307,9 +332,9 @@ CATALOG = [
     Entry("hapo_length", "history-aware cosine length reward against the shortest correct length per problem",
           "HAPO: Training Language Models to Reason Concisely via History-Aware Policy Optimization (arXiv 2505.11225)",
           "confirmed", "repeated prompts (rl.prompt_pool)",
-          training="works (needs rl.prompt_pool > 0 for its history to matter; repetition penalty r_rep not built)"),
+          training="works (needs rl.prompt_pool > 0 for its history to matter; HAPO's r_rep is the `repetition` term)"),
     Entry("otc", "tool-efficiency reward peaking at the fewest calls of a correct rollout, times correctness",
           "Acting Less is Reasoning More! Teaching Model to Act Efficiently (OTC-PO, arXiv 2504.14870)",
           "confirmed", "a multi-turn task with tool_calls (keyvalue)",
           training="works on keyvalue (the only tool task so far; its tools are table lookups)"),
-]
+] + LIKELIHOOD_CATALOG + AUTORULE_CATALOG + adactrl.CATALOG + cogre.CATALOG + gencls.CATALOG + repetition.CATALOG

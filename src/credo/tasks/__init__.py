@@ -7,6 +7,7 @@ from typing import Any
 from credo.registry import Registry
 from credo.tasks.arithmetic import ArithmeticTask
 from credo.tasks.base import Example, Score, Task, render_prompt, split_of
+from credo.tasks.classify import ClassifyTask
 from credo.tasks.code import CodeTask
 from credo.tasks.countdown import CountdownTask
 from credo.tasks.jsonl import JsonlTask
@@ -20,6 +21,7 @@ TASKS.register("knights")(KnightsKnavesTask)
 TASKS.register("jsonl")(JsonlTask)
 TASKS.register("keyvalue")(KeyValueTask)
 TASKS.register("code")(CodeTask)
+TASKS.register("classify")(ClassifyTask)
 
 
 def make_task(name: str, **params: Any) -> Task:
@@ -38,6 +40,7 @@ __all__ = [
     "KeyValueTask",
     "TASKS",
     "ArithmeticTask",
+    "ClassifyTask",
     "CountdownTask",
     "Example",
     "JsonlTask",

@@ -43,12 +43,15 @@ class Score:
     formatted: the completion has the required format (e.g. exactly one answer tag).
     outcome: what happened when it was checked, for verifiers that execute code (the sandbox
     outcome of `rewards/code.py::CODE_OUTCOMES`, counted per step in the metrics); None otherwise.
+    meta: details a reward may weight, or None (the code task with tiers: {"tiers": {tier: pass
+    fraction}}, read by train/tarot.py).
     """
 
     reward: float
     correct: bool
     formatted: bool
     outcome: str | None = None
+    meta: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -115,17 +118,19 @@ def render_prompt(tokenizer, task: Task, example: Example) -> str:
     """The chat-formatted prompt string ending with the assistant header.
 
     The task's system prompt replaces the model's default one (SmolLM2's default is 30 tokens of a
-    50-token prompt; short prompts make every step cheaper).
+    50-token prompt; short prompts make every step cheaper). A task's `response_prefix` (e.g. AdaCtrl's
+    forced budget tag "[Easy]", the JSONL task's `budget_tag`) pre-fills the assistant turn.
     """
+    prefix = getattr(task, "response_prefix", None) or ""
     messages = []
     if task.system_prompt is not None:
         messages.append({"role": "system", "content": task.system_prompt})
     messages.append({"role": "user", "content": example.prompt})
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefix
     # A tokenizer without a chat template: plain text, still deterministic.
     system = f"{task.system_prompt}\n\n" if task.system_prompt else ""
-    return f"{system}{example.prompt}\n"
+    return f"{system}{example.prompt}\n{prefix}"
 
 
 def check_split(split: str) -> None:

@@ -18,13 +18,30 @@ Hidden tests: each problem has `cases` (default 5) argument tuples drawn from a 
 the problem's key; the expected values come from the family's reference function, run here (it is
 this module's own code). They are never shown in the prompt.
 
+Graded suites (`tiers = true`; TAROT, "TAROT: Test-driven and Capability-adaptive Curriculum
+Reinforcement Fine-tuning for Code Generation with Large Language Models", arXiv 2602.15449): the
+flat cases are replaced by four tiers, in this order in `meta["cases"]` (each case's tier in
+`meta["tiers"]`): "basic" (`cases` small typical arguments: lists and strings of 2-4 elements,
+magnitudes 2-9), "intermediate" (`cases` larger ones: 6-12 elements, 10-999), "complex" (`cases` of
+the largest: 25-50 elements, 10^4-10^9; Fibonacci indices to 400), each from the family's `sized`
+generator seeded by (problem key, tier), and "edge" (the family's boundary inputs: empty and
+one-element lists and strings, zero, negatives, the parameters' own boundaries such as x = k or the
+clip bounds; a typical draw equal to an edge tuple is drawn again). Expected values still come from
+the reference functions. The paper's suites (github:deep-diver/TAROT, data/*.jsonl, labels "basic",
+"medium", "high", "edge") hold one LLM-written case per tier; the tiers' names here are the paper's,
+the generators are ours.
+
 Scoring (`score`): the completion's program (`rewards/code.py::extract_code`) runs ONCE in the
 sandbox (`rewards/sandbox.py::run_sandboxed`, wall / CPU / memory / process / output limits) with a
 harness that reads a one-time nonce and the cases from stdin, executes the program in its own
 namespace, calls `solve` on every case and prints "<nonce> passed total". A case passes when the
 JSON encodings of the returned and expected values are equal (so an object with a forged `__eq__`
 does not pass). Reward 1.0 when every case passes (`partial_credit = True`: the fraction passed),
-`correct` likewise; `formatted` = a program was found. `Score.outcome` is the sandbox outcome that
+`correct` likewise (with tiers: every case of every tier; the held-out metric stays all-tests-pass);
+`formatted` = a program was found. With tiers all four run in the same one sandbox run, the harness
+prints one pass bit per case, and `Score.meta["tiers"]` holds each tier's pass fraction (all 0.0 for
+no program, a timeout, a crash or a missing verdict; None for a sandbox error) for a tier-weighted
+reward (`rl.curriculum = "tarot"`, train/tarot.py). `Score.outcome` is the sandbox outcome that
 training and evaluation count (`rewards/code.py::outcome_counts`): "ok" (all cases passed), "wrong"
 (some failed or no program), "timeout", "memory", "crash" (the program's top level raised or it
 exited non-zero), "output_limit", "sandbox_error" (the sandbox's failure, scored `error_reward`).
@@ -55,8 +72,11 @@ class Family:
 
     signature: the argument list of `solve`; text: the task sentence after "returns";
     body: the reference solution's body (one or more lines, 4-space indented in the demonstration);
-    params: the parameter dicts of its distinct problems; inputs: rng -> one argument tuple;
-    reference: (params, *args) -> the expected value.
+    params: the parameter dicts of its distinct problems; inputs: rng -> one argument tuple (the flat
+    `cases`); reference: (params, *args) -> the expected value.
+    Graded suites (`tiers = true`): sized: (rng, size) -> one typical argument tuple, size 1 / 2 / 3 for
+    the basic / intermediate / complex tier (never an empty or one-element list or string);
+    edges: params -> the boundary argument tuples of the edge tier.
     """
 
     name: str
@@ -67,6 +87,8 @@ class Family:
     params: tuple[dict[str, Any], ...]
     inputs: Callable[[random.Random], tuple]
     reference: Callable[..., Any]
+    sized: Callable[[random.Random, int], tuple]
+    edges: Callable[[dict[str, Any]], list[tuple]]
 
 
 def _ints(rng: random.Random, lo: int = -20, hi: int = 20, n: tuple[int, int] = (0, 8)) -> list[int]:
@@ -75,6 +97,30 @@ def _ints(rng: random.Random, lo: int = -20, hi: int = 20, n: tuple[int, int] = 
 
 def _word(rng: random.Random, alphabet: str = "abcde", n: tuple[int, int] = (0, 10)) -> str:
     return "".join(rng.choice(alphabet) for _ in range(rng.randint(*n)))
+
+
+# Graded suites: lengths and magnitudes by size (1 basic, 2 intermediate, 3 complex). Typical lists and
+# strings have at least two elements and typical magnitudes are >= 2: the empty and one-element ones,
+# zeros, negatives and the parameters' boundaries are the edge tier's (and a typical draw that equals
+# an edge tuple is drawn again, `_tier_args`).
+_LENGTHS = {1: (2, 4), 2: (6, 12), 3: (25, 50)}
+_MAGNITUDES = {1: (2, 9), 2: (10, 999), 3: (10_000, 10 ** 9)}
+
+
+def _sized_ints(rng: random.Random, size: int, lo: int = -20, hi: int = 20) -> list[int]:
+    return [rng.randint(lo, hi) for _ in range(rng.randint(*_LENGTHS[size]))]
+
+
+def _sized_word(rng: random.Random, size: int, alphabet: str = "abcde") -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(*_LENGTHS[size])))
+
+
+def _magnitude(rng: random.Random, size: int) -> int:
+    return rng.randint(*_MAGNITUDES[size])
+
+
+def _signed(rng: random.Random, size: int) -> int:
+    return rng.choice((-1, 1)) * _magnitude(rng, size)
 
 
 def _fib_mod(n: int, k: int) -> int:
@@ -100,6 +146,7 @@ def _longest_run(xs: list[int], k: int) -> int:
     return best
 
 
+TIERS = ("basic", "intermediate", "complex", "edge")  # TAROT's four tiers, in order of the suite
 _K = tuple({"k": k} for k in range(2, 21))  # 19 values
 _SMALL_K = tuple({"k": k} for k in range(2, 12))  # 10 values
 _LETTERS = tuple({"c": c} for c in "abcde")
@@ -109,55 +156,75 @@ _BOUNDS = tuple({"a": a, "b": b} for a in range(-5, 1) for b in (5, 10, 15))  # 
 FAMILIES: tuple[Family, ...] = (
     # level 1: one expression
     Family("add", 1, "x", "x plus {k}", "return x + {k}", _K, lambda r: (r.randint(-99, 99),),
-           lambda p, x: x + p["k"]),
+           lambda p, x: x + p["k"], sized=lambda r, n: (_magnitude(r, n),),
+           edges=lambda p: [(0,), (1,), (-1,), (-p["k"],)]),
     Family("times", 1, "x", "x times {k}", "return x * {k}", _K, lambda r: (r.randint(-99, 99),),
-           lambda p, x: x * p["k"]),
+           lambda p, x: x * p["k"], sized=lambda r, n: (_magnitude(r, n),), edges=lambda p: [(0,), (1,), (-1,), (-7,)]),
     Family("mod", 1, "x", "the remainder of the non-negative integer x divided by {k}", "return x % {k}", _K,
-           lambda r: (r.randint(0, 999),), lambda p, x: x % p["k"]),
+           lambda r: (r.randint(0, 999),), lambda p, x: x % p["k"], sized=lambda r, n: (_magnitude(r, n),),
+           edges=lambda p: [(0,), (1,), (p["k"],), (p["k"] - 1,)]),
     Family("count", 1, "xs", "how many times {k} occurs in the list xs", "return xs.count({k})", _K,
-           lambda r: (_ints(r, 0, 22),), lambda p, xs: xs.count(p["k"])),
+           lambda r: (_ints(r, 0, 22),), lambda p, xs: xs.count(p["k"]), sized=lambda r, n: (_sized_ints(r, n, 0, 22),),
+           edges=lambda p: [([],), ([p["k"]],), ([p["k"] + 1],), ([p["k"]] * 3,)]),
     Family("max_plus", 1, "xs", "the largest number in the non-empty list xs plus {k}", "return max(xs) + {k}",
-           _K, lambda r: (_ints(r, n=(1, 8)),), lambda p, xs: max(xs) + p["k"]),
+           _K, lambda r: (_ints(r, n=(1, 8)),), lambda p, xs: max(xs) + p["k"],
+           sized=lambda r, n: (_sized_ints(r, n),), edges=lambda p: [([5],), ([0],), ([-3],), ([-7, -2, -9],), ([4, 4, 4],)]),
     Family("len_times", 1, "s", "the length of the string s times {k}", "return len(s) * {k}", _SMALL_K,
-           lambda r: (_word(r),), lambda p, s: len(s) * p["k"]),
+           lambda r: (_word(r),), lambda p, s: len(s) * p["k"], sized=lambda r, n: (_sized_word(r, n),),
+           edges=lambda p: [("",), ("a",), ("a b",)]),
     # level 2: a comprehension, a string method, two bounds
     Family("sum_over", 2, "xs", "the sum of the numbers in the list xs that are greater than {k}",
            "return sum(x for x in xs if x > {k})", _K, lambda r: (_ints(r),),
-           lambda p, xs: sum(x for x in xs if x > p["k"])),
+           lambda p, xs: sum(x for x in xs if x > p["k"]), sized=lambda r, n: (_sized_ints(r, n),),
+           edges=lambda p: [([],), ([p["k"]],), ([p["k"] + 1],), ([-p["k"] - 1, -1],)]),
     Family("multiples", 2, "xs", "the list of the numbers in xs that are divisible by {k}, in their order",
            "return [x for x in xs if x % {k} == 0]", _SMALL_K, lambda r: (_ints(r, -30, 30, (0, 10)),),
-           lambda p, xs: [x for x in xs if x % p["k"] == 0]),
+           lambda p, xs: [x for x in xs if x % p["k"] == 0], sized=lambda r, n: (_sized_ints(r, n, -30, 30),),
+           edges=lambda p: [([],), ([0],), ([-p["k"]],), ([1],)]),
     Family("add_each", 2, "xs", "a new list with {k} added to each number of the list xs",
-           "return [x + {k} for x in xs]", _K, lambda r: (_ints(r),), lambda p, xs: [x + p["k"] for x in xs]),
+           "return [x + {k} for x in xs]", _K, lambda r: (_ints(r),), lambda p, xs: [x + p["k"] for x in xs],
+           sized=lambda r, n: (_sized_ints(r, n),), edges=lambda p: [([],), ([0],), ([-p["k"]],), ([-1, -2],)]),
     Family("count_char", 2, "s", "how many times the letter '{c}' occurs in the string s",
-           "return s.count('{c}')", _LETTERS, lambda r: (_word(r),), lambda p, s: s.count(p["c"])),
+           "return s.count('{c}')", _LETTERS, lambda r: (_word(r),), lambda p, s: s.count(p["c"]),
+           sized=lambda r, n: (_sized_word(r, n),), edges=lambda p: [("",), (p["c"],), (p["c"] * 3,), ("x",)]),
     Family("replace", 2, "s", "the string s with every '{c}' replaced by '{d}'", "return s.replace('{c}', '{d}')",
-           _PAIRS, lambda r: (_word(r),), lambda p, s: s.replace(p["c"], p["d"])),
+           _PAIRS, lambda r: (_word(r),), lambda p, s: s.replace(p["c"], p["d"]),
+           sized=lambda r, n: (_sized_word(r, n),), edges=lambda p: [("",), (p["c"],), (p["c"] * 3,), (p["d"],)]),
     Family("clip", 2, "x", "x clipped to the range from {a} to {b} (the nearest bound when x is outside)",
            "return min(max(x, {a}), {b})", _BOUNDS, lambda r: (r.randint(-20, 20),),
-           lambda p, x: min(max(x, p["a"]), p["b"])),
+           lambda p, x: min(max(x, p["a"]), p["b"]), sized=lambda r, n: (_signed(r, n) if n > 1 else r.randint(-20, 20),),
+           edges=lambda p: [(p["a"],), (p["b"],), (p["a"] - 1,), (p["b"] + 1,), (0,)]),
     # level 3: a loop with state
     Family("digit_sum", 3, "n", "the sum of the decimal digits of the non-negative integer n, times {k}",
            "return sum(int(d) for d in str(n)) * {k}", _SMALL_K, lambda r: (r.randint(0, 99999),),
-           lambda p, n: sum(int(d) for d in str(n)) * p["k"]),
+           lambda p, n: sum(int(d) for d in str(n)) * p["k"], sized=lambda r, n: (_magnitude(r, n) * 10 + r.randint(0, 9),),
+           edges=lambda p: [(0,), (7,), (10,), (1000,)]),
     Family("fib_mod", 3, "n", "the n-th Fibonacci number (fib(0) = 0, fib(1) = 1) modulo {k}",
            "a, b = 0, 1\nfor _ in range(n):\n    a, b = b, (a + b) % {k}\nreturn a % {k}", _K,
-           lambda r: (r.randint(0, 40),), lambda p, n: _fib_mod(n, p["k"])),
+           lambda r: (r.randint(0, 40),), lambda p, n: _fib_mod(n, p["k"]),
+           sized=lambda r, n: (r.randint(*{1: (3, 10), 2: (11, 60), 3: (61, 400)}[n]),),
+           edges=lambda p: [(0,), (1,), (2,)]),
     Family("prefixes", 3, "xs", "how many prefixes of the list xs (the first 1, 2, ... elements) have a sum "
            "greater than {k}", "total = count = 0\nfor x in xs:\n    total += x\n    count += total > {k}\n"
-           "return count", _K, lambda r: (_ints(r, -5, 10),), lambda p, xs: _prefixes_over(xs, p["k"])),
+           "return count", _K, lambda r: (_ints(r, -5, 10),), lambda p, xs: _prefixes_over(xs, p["k"]),
+           sized=lambda r, n: (_sized_ints(r, n, -5, 10),),
+           edges=lambda p: [([],), ([p["k"]],), ([p["k"] + 1],), ([-1, -2, -3],)]),
     Family("longest_run", 3, "xs", "the length of the longest run of consecutive elements of xs equal to {k}",
            "best = run = 0\nfor x in xs:\n    run = run + 1 if x == {k} else 0\n    best = max(best, run)\n"
            "return best", _SMALL_K, lambda r: ([r.choice([2, 3, 4, 5, 6, 7, 8, 9, 10, 11]) for _ in
                                                 range(r.randint(0, 12))],),
-           lambda p, xs: _longest_run(xs, p["k"])),
+           lambda p, xs: _longest_run(xs, p["k"]), sized=lambda r, n: (_sized_ints(r, n, 2, 11),),
+           edges=lambda p: [([],), ([p["k"]],), ([p["k"]] * 4,), ([p["k"] + 1],)]),
     Family("count_steps", 3, "n", "how many times the positive integer n can be divided by {k} before it is "
            "no longer divisible by {k}", "count = 0\nwhile n % {k} == 0:\n    n //= {k}\n    count += 1\n"
            "return count", _SMALL_K, lambda r: (r.choice([1, 2, 3, 5, 7]) * r.choice([2, 3, 5]) ** r.randint(0, 6),),
-           lambda p, n: _count_divisions(n, p["k"])),
+           lambda p, n: _count_divisions(n, p["k"]),
+           sized=lambda r, n: (r.randint(2, 9) * r.choice([2, 3, 5]) ** r.randint(*{1: (1, 2), 2: (3, 6), 3: (10, 25)}[n]),),
+           edges=lambda p: [(1,), (p["k"],), (p["k"] + 1,)]),
     Family("every_kth", 3, "xs", "the sum of the elements of the list xs at the indices 0, {k}, 2*{k}, 3*{k}, ...",
            "total = 0\nfor i in range(0, len(xs), {k}):\n    total += xs[i]\nreturn total", _SMALL_K,
-           lambda r: (_ints(r, n=(0, 12)),), lambda p, xs: sum(xs[:: p["k"]])),
+           lambda r: (_ints(r, n=(0, 12)),), lambda p, xs: sum(xs[:: p["k"]]), sized=lambda r, n: (_sized_ints(r, n),),
+           edges=lambda p: [([],), ([5],), (list(range(1, p["k"] + 1)),), ([-1] * (p["k"] + 1),)]),
 )
 
 
@@ -175,14 +242,16 @@ _header = _json.loads(_sys.stdin.readline())
 _source = {source!r}
 _space = {{"__name__": "solution"}}
 exec(compile(_source, "<solution>", "exec"), _space)
-_passed = 0
+_bits = ""
 for _args, _want in _header["cases"]:
+    _ok = False
     try:
         _got = _space["solve"](*_args)
-        _passed += _json.dumps(_got, sort_keys=True) == _json.dumps(_want, sort_keys=True)
+        _ok = _json.dumps(_got, sort_keys=True) == _json.dumps(_want, sort_keys=True)
     except Exception:
         pass
-_sys.stdout.write("\\n" + _header["nonce"] + " " + str(_passed) + " " + str(len(_header["cases"])) + "\\n")
+    _bits += "1" if _ok else "0"
+_sys.stdout.write("\\n" + _header["nonce"] + " " + str(_bits.count("1")) + " " + str(len(_bits)) + " " + _bits + "\\n")
 '''
 
 
@@ -190,7 +259,8 @@ _sys.stdout.write("\\n" + _header["nonce"] + " " + str(_passed) + " " + str(len(
 class CodeTask:
     """Write `solve(...)`; hidden unit tests run in the sandbox. See the module docstring.
 
-    difficulty: 0 = every level (default), else 1, 2 or 3; cases: hidden tests per problem (5);
+    difficulty: 0 = every level (default), else 1, 2 or 3; cases: hidden tests per problem (5; with
+    tiers, per random tier); tiers: TAROT's four-tier suites instead of the flat cases (False);
     partial_credit: reward = fraction of cases passed instead of all-or-nothing (False);
     wall_time_s / memory_mb: sandbox limits per completion (2.0 s, 256 MB);
     error_reward: the reward of a sandbox failure (not the model's fault, 0.0).
@@ -198,6 +268,7 @@ class CodeTask:
 
     difficulty: int = 0
     cases: int = 5
+    tiers: bool = False
     partial_credit: bool = False
     wall_time_s: float = 2.0
     memory_mb: int = 256
@@ -210,6 +281,8 @@ class CodeTask:
             raise CredoError(f"code: unknown difficulty {self.difficulty!r}; valid: 0 (all), 1, 2, 3")
         if not isinstance(self.cases, int) or isinstance(self.cases, bool) or self.cases < 1:
             raise CredoError(f"code: cases must be a positive integer, got {self.cases!r}")
+        if not isinstance(self.tiers, bool):
+            raise CredoError(f"code: tiers must be true or false, got {self.tiers!r}")
         for name in ("wall_time_s", "memory_mb"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -230,26 +303,29 @@ class CodeTask:
                              f"{n} were asked for; lower task.eval_size")
         order = list(range(len(pool)))
         random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}").shuffle(order)
-        return [_example(*pool[order[i % len(order)]], self.cases) for i in range(n)]
+        return [_example(*pool[order[i % len(order)]], self.cases, tiers=self.tiers) for i in range(n)]
 
     def score(self, completion: str, example: Example) -> Score:
         code = code_rewards.extract_code(completion)
+        tiers = example.meta.get("tiers")  # graded suites: per-tier pass fractions in Score.meta
+        failed = None if tiers is None else {"tiers": tier_fractions("0" * len(tiers), tiers)}
         if code is None:
-            return Score(0.0, False, False, outcome="wrong")
+            return Score(0.0, False, False, outcome="wrong", meta=failed)
         nonce = secrets.token_hex(16)  # fresh per call: the program never sees it in its text
         header = json.dumps({"nonce": nonce, "cases": example.meta["cases"]})
         result = run_sandboxed(_HARNESS.format(source=code), stdin=header + "\n", wall_time_s=self.wall_time_s,
                                cpu_time_s=self.wall_time_s, memory_mb=self.memory_mb)
-        if result.outcome == "sandbox_error":
+        if result.outcome == "sandbox_error":  # (not the program's fault: no tier verdict either)
             return Score(self.error_reward, False, True, outcome="sandbox_error")
-        if result.outcome != "ok":
-            return Score(0.0, False, True, outcome=result.outcome)
-        passed, total = _verdict(result.stdout, nonce)
-        if total != len(example.meta["cases"]):
-            return Score(0.0, False, True, outcome="wrong")  # no verdict line: the program ended the run
+        if result.outcome != "ok":  # one run for all tiers: a timeout or crash fails every tier
+            return Score(0.0, False, True, outcome=result.outcome, meta=failed)
+        passed, total, bits = _verdict(result.stdout, nonce)
+        if total != len(example.meta["cases"]) or len(bits) != total:
+            return Score(0.0, False, True, outcome="wrong", meta=failed)  # no verdict line: the program ended the run
         correct = passed == total
         reward = passed / total if self.partial_credit else float(correct)
-        return Score(reward, correct, True, outcome="ok" if correct else "wrong")
+        meta = None if tiers is None else {"tiers": tier_fractions(bits, tiers)}
+        return Score(reward, correct, True, outcome="ok" if correct else "wrong", meta=meta)
 
     def final_answer(self, completion: str, example: Example) -> str | None:
         """The program with blank lines and trailing spaces removed, for majority voting (maj@k):
@@ -264,21 +340,63 @@ def _key(family: Family, params: dict[str, Any]) -> str:
     return f"code:{family.name}:" + ",".join(f"{k}={params[k]}" for k in sorted(params))
 
 
-def _example(family: Family, params: dict[str, Any], cases: int) -> Example:
-    rng = random.Random(_key(family, params))
-    args = [list(family.inputs(rng)) for _ in range(cases)]
+def tier_fractions(bits: str, tiers: list[str]) -> dict[str, float]:
+    """Per-tier pass fractions from the harness's per-case bits ("1" passed) and each case's tier.
+
+    >>> tier_fractions("1101", ["basic", "basic", "edge", "edge"])
+    {'basic': 1.0, 'intermediate': 0.0, 'complex': 0.0, 'edge': 0.5}
+    """
+    out = {}
+    for tier in TIERS:
+        marks = [b for b, t in zip(bits, tiers) if t == tier]
+        out[tier] = marks.count("1") / len(marks) if marks else 0.0
+    return out
+
+
+def _tier_args(family: Family, params: dict[str, Any], cases: int) -> tuple[list[list], list[str]]:
+    """The graded suite's argument lists and tiers: `cases` typical draws per random tier from a
+    generator seeded by (problem key, tier), a draw equal to an edge tuple drawn again (at most 100
+    tries: edge values stay in the edge tier), then the family's edge tuples (duplicates dropped)."""
+    edges = []
+    for e in family.edges(params):
+        if list(e) not in edges:
+            edges.append(list(e))
+    args, tiers = [], []
+    for size, tier in enumerate(TIERS[:3], start=1):
+        rng = random.Random(f"{_key(family, params)}:{tier}")
+        for _ in range(cases):
+            draw = list(family.sized(rng, size))
+            for _ in range(100):
+                if draw not in edges:
+                    break
+                draw = list(family.sized(rng, size))
+            args.append(draw)
+            tiers.append(tier)
+    return args + edges, tiers + ["edge"] * len(edges)
+
+
+def _example(family: Family, params: dict[str, Any], cases: int, tiers: bool = False) -> Example:
+    if tiers:
+        args, labels = _tier_args(family, params, cases)
+    else:
+        rng = random.Random(_key(family, params))
+        args, labels = [list(family.inputs(rng)) for _ in range(cases)], None
     expected = [family.reference(params, *a) for a in args]
     prompt = f"Write a Python function solve({family.signature}) that returns {family.text.format(**params)}."
     body = "\n".join("    " + line for line in family.body.format(**params).splitlines())
     demonstration = f"```python\ndef solve({family.signature}):\n{body}\n```"
-    return Example(prompt, demonstration, demonstration,
-                   {"level": family.level, "family": family.name, "cases": [[a, e] for a, e in zip(args, expected)]})
+    meta = {"level": family.level, "family": family.name, "cases": [[a, e] for a, e in zip(args, expected)]}
+    if labels is not None:
+        meta["tiers"] = labels  # each case's tier, parallel to "cases"
+    return Example(prompt, demonstration, demonstration, meta)
 
 
-def _verdict(stdout: str, nonce: str) -> tuple[int, int]:
-    """(passed, total) from the harness's last line carrying `nonce`; (0, -1) when there is none."""
+def _verdict(stdout: str, nonce: str) -> tuple[int, int, str]:
+    """(passed, total, per-case bits) from the harness's last line carrying `nonce`; (0, -1, "") when
+    there is none."""
     for line in reversed(stdout.splitlines()):
         parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit() and parts[2].isdigit():
-            return int(parts[1]), int(parts[2])
-    return 0, -1
+        if len(parts) == 4 and parts[0] == nonce and parts[1].isdigit() and parts[2].isdigit() \
+                and set(parts[3]) <= {"0", "1"}:
+            return int(parts[1]), int(parts[2]), parts[3]
+    return 0, -1, ""

@@ -24,6 +24,10 @@ Matching of the answer inside `<answer>...</answer>` (`match`):
 
 Reward: 1.0 when the completion is exactly one answer tag (`only_answer`) with a matching answer.
 
+Extras: `meta_fields` copies row fields (when a row has them) into `Example.meta`, where reward terms
+read them (CogRE's `keywords`, `rewards/cogre.py`); `budget_tag` ("easy" / "hard") forces AdaCtrl's
+budget by pre-filling the assistant turn with "[Easy]" / "[Hard]" (`rewards/adactrl.py`).
+
 Without reference answers (`answer_field: null` in the task's params) the rows need only a prompt
 (and a demonstration field for the warm-up); the task cannot verify, so its own score is 0 with
 `correct` False (`formatted` still checks the answer tag), `has_reference_answers` is False, and
@@ -75,6 +79,8 @@ class JsonlTask:
     system_prompt: str | None = "Reply only with the answer as <answer>...</answer>."
     split_field: str | None = None
     match: str = "exact"
+    meta_fields: list[str] | None = None  # row fields copied into Example.meta (e.g. ["keywords"] for CogRE)
+    budget_tag: str | None = None  # "easy" / "hard": AdaCtrl's forced budget, pre-filled in the assistant turn
     name: str = "jsonl"
     _rows: list[tuple[str, Example]] | None = field(default=None, init=False, repr=False)
 
@@ -83,6 +89,22 @@ class JsonlTask:
             raise CredoError(f"jsonl: unknown match {self.match!r}; valid: {', '.join(MATCHES)}")
         if self.match == "math":
             check_math_verify()
+        if self.meta_fields is not None and (isinstance(self.meta_fields, str) or not all(
+                isinstance(f, str) and f for f in self.meta_fields)):
+            raise CredoError(f"jsonl: meta_fields must be a list of field names, got {self.meta_fields!r}")
+        if self.budget_tag is not None:
+            from credo.rewards.adactrl import BUDGETS
+
+            if self.budget_tag not in BUDGETS:
+                raise CredoError(f"jsonl: budget_tag must be one of {', '.join(BUDGETS)} or null, "
+                                 f"got {self.budget_tag!r}")
+
+    @property
+    def response_prefix(self) -> str:
+        """AdaCtrl's budget tag ("[Easy]" / "[Hard]") that `render_prompt` pre-fills, or ""."""
+        from credo.rewards.adactrl import budget_prefix
+
+        return "" if self.budget_tag is None else budget_prefix(self.budget_tag)
 
     @property
     def has_reference_answers(self) -> bool:
@@ -127,6 +149,7 @@ class JsonlTask:
                     f"{where}: field {self.split_field!r} must be 'train' or 'test', got {split!r}"
                 )
         meta = {"source": self.path, "line" if format_of(Path(self.path)) == "jsonl" else "row": number}
+        meta.update({f: row[f] for f in self.meta_fields or () if f in row})  # (absent: the example has none)
         return split, Example(prompt, answer, demonstration, meta)
 
     def _answer(self, row: dict, where: str) -> str:

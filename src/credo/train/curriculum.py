@@ -20,10 +20,13 @@ own task (task.params), so accuracy is measured on one fixed level throughout.
   restarts). State: the level index and the window's accuracies, saved in every RL checkpoint
   (state.json "curriculum") and restored by --resume. Defaults threshold 0.8, window 4 (a generic
   rule, no paper's constants).
-TAROT's capability-adaptive curriculum (four-tier test suites per code problem, easy-to-hard for weaker
-and hard-first for stronger models) is not built: the code task has no graded test tiers yet; the
-"linear" schedule gives both of its orders over graded built-in tasks.
+"tarot" (TAROT's capability-adaptive curriculum over the code task's four-tier test suites: a schedule of
+tier weights in the reward, easy-to-hard for weaker and hard-first for stronger starting policies) lives
+in train/tarot.py; it keeps the run's usual prompts, and `make_curriculum` / `check_curriculum`
+dispatch to it.
 Every step logs `curriculum_level` (the level value) and `curriculum_index`.
+"context_length" (QwenLong-L1's phases by prompt length, with difficulty-aware retrospective sampling)
+lives in train/context_schedule.py; `make_curriculum` and `check_curriculum` dispatch to it.
 """
 
 from __future__ import annotations
@@ -33,7 +36,11 @@ from typing import Any
 
 from credo.entry import Entry
 from credo.errors import CredoError
+from credo.train.context_schedule import KIND as CONTEXT_KIND
+from credo.train.context_schedule import ContextSchedule, check_context_schedule, make_context_schedule
 from credo.train.prompts import scheduled_prompt_ids
+from credo.train.tarot import KIND as TAROT_KIND
+from credo.train.tarot import TarotCurriculum, check_tarot, make_tarot
 
 
 @dataclass
@@ -52,7 +59,8 @@ class Curriculum:
 
     def __post_init__(self):
         if self.kind not in ("linear", "adaptive"):
-            raise CredoError(f"unknown rl.curriculum {self.kind!r}; valid: none, linear, adaptive")
+            raise CredoError(f"unknown rl.curriculum {self.kind!r}; valid: none, linear, adaptive, context_length, "
+                             f"tarot")
         if not isinstance(self.levels, list) or len(self.levels) < 2:
             raise CredoError(f"rl.curriculum_params.levels: give at least two levels (a list), got {self.levels!r}")
         if not 0.0 < self.threshold <= 1.0:
@@ -65,8 +73,13 @@ class Curriculum:
             return min(len(self.levels) - 1, step * len(self.levels) // max(self.steps, 1))
         return self.index
 
-    def prompt_ids(self, step: int, per_step: int, seed: int) -> list[int]:
-        """The step's persistent prompt ids: an epoch-ordered slice of the current level's block."""
+    def training_prompts(self, make_task, cfg, task, tokenizer, size: int) -> list:
+        """The run's prompt list: one block of `per_level` prompts per level (`level_prompts`)."""
+        return level_prompts(make_task, cfg.task.name, cfg.task.params, self, cfg.run.seed)
+
+    def prompt_ids(self, step: int, per_step: int, seed: int, pool: int = 0) -> list[int]:
+        """The step's persistent prompt ids: an epoch-ordered slice of the current level's block (`pool`,
+        the plain schedule's, is not used: levels always cycle through their block)."""
         k = self.level_index(step)
         return [k * self.per_level + i for i in scheduled_prompt_ids(step, per_step, self.per_level, seed + k)]
 
@@ -92,12 +105,20 @@ class Curriculum:
         self.index, self.recent = int(state["index"]), [float(x) for x in state["recent"]]
 
 
-def make_curriculum(kind: str, params: dict[str, Any], *, steps: int, per_level: int) -> Curriculum | None:
+def make_curriculum(kind: str, params: dict[str, Any], *, steps: int,
+                    per_level: int) -> Curriculum | ContextSchedule | TarotCurriculum | None:
     if kind == "none":
         if params:
             raise CredoError("rl.curriculum_params is set but rl.curriculum is \"none\"")
         return None
     params = dict(params)
+    if kind == CONTEXT_KIND:  # phases by prompt length, not by task level (train/context_schedule.py)
+        if "levels" not in params:
+            raise CredoError(f"rl.curriculum {kind!r} needs rl.curriculum_params.levels (prompt-token limits, e.g. "
+                             f"[128, 256, 512])")
+        return make_context_schedule(params, steps=steps)
+    if kind == TAROT_KIND:  # tier weights in the reward, not prompt levels (train/tarot.py)
+        return make_tarot(params, steps=steps)
     if "levels" not in params:
         raise CredoError(f"rl.curriculum {kind!r} needs rl.curriculum_params.levels (e.g. [1, 2, 3])")
     try:
@@ -113,6 +134,10 @@ def check_curriculum(cfg) -> None:
     make_curriculum(rl.curriculum, rl.curriculum_params, steps=rl.steps, per_level=1)
     if rl.curriculum == "none":
         return
+    if rl.curriculum == TAROT_KIND:  # its task, and its own combinations not built yet
+        return check_tarot(cfg)
+    if rl.curriculum == CONTEXT_KIND:  # its retrospective share and single-process counts
+        check_context_schedule(cfg)
     for field_name, on in (("rl.dynamic_sampling", rl.dynamic_sampling), ("rl.spo_prioritized", rl.spo_prioritized),
                            ("rollout.max_staleness > 0", cfg.rollout.max_staleness > 0)):
         if on:
@@ -137,6 +162,6 @@ CATALOG = [
           "(levels in the order given: easy-to-hard or hard-first)", "generic difficulty schedule", "confirmed",
           "a task with a level parameter"),
     Entry("adaptive", "move to the next level when the last `window` steps' train accuracy reaches `threshold`",
-          "generic mastery-based schedule (not TAROT: its graded code test suites are not built)", "confirmed",
+          "generic mastery-based schedule (TAROT's tier-weight curriculum is `tarot`)", "confirmed",
           "a task with a level parameter"),
 ]

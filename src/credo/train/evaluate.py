@@ -67,9 +67,9 @@ def safe_score(
         reward = score.reward
         if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(reward):
             return Score(error_reward, False, False), True
-        outcome = getattr(score, "outcome", None)
+        outcome, meta = getattr(score, "outcome", None), getattr(score, "meta", None)
         return Score(float(reward), bool(score.correct), bool(score.formatted),
-                     outcome if isinstance(outcome, str) else None), False
+                     outcome if isinstance(outcome, str) else None, meta if isinstance(meta, dict) else None), False
     except Exception:  # noqa: BLE001 - a verifier bug must not kill a long run; it is counted
         return Score(error_reward, False, False), True
 

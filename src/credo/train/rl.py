@@ -575,6 +575,11 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
             # the first round's rewards and the step's time still go into the curves (no gaps in a report)
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **first_round, **selection,
                     "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
+    if callable(getattr(ctx.curriculum, "observe_rows", None)):  # per-prompt accuracy (train/context_schedule.py)
+        ctx.curriculum.observe_rows([prompt_ids[g] for g in group_ids], [float(s.correct) for s in scores])
+    if callable(getattr(ctx.curriculum, "tier_rewards", None)):  # TAROT: tier-weighted rewards (train/tarot.py)
+        scores, tier_metrics = ctx.curriculum.tier_rewards(step, scores)
+        selection.update(tier_metrics)
     rewards = torch.tensor([s.reward for s in scores], dtype=torch.float32)
     if ctx.reward_mix is not None:  # rl.reward_terms: sum_k w_k term_k, each logged (rewards/terms.py)
         terms = TermInputs.of(ctx.task, completions, examples, scores, group_ids, prompt_ids)

@@ -65,7 +65,9 @@ from credo.rewards.length import overlong_shaping
 from credo.rewards.terms import check_reward_terms, make_reward_mix
 from credo.select import DynamicSampling
 from credo.select.d3s import make_sample_selection
-from credo.train.curriculum import check_curriculum, level_prompts, make_curriculum
+from credo.select.datamask import bind_data_selection, check_data_selection
+from credo.train.curriculum import check_curriculum, make_curriculum
+from credo.train.context_schedule import context_prompts, prompt_list_size
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
 from credo.dist.env import init as init_world, teardown as teardown_world
@@ -127,7 +129,8 @@ def restore(run: "Run") -> Checkpoint | None:
     kept = [r for r in read_metrics(metrics_path)
             if r["phase"] in ("warmup", "eval") and r.get("stage") not in ("rl", "rl_step")
             or (r["phase"] == "rl" and r["step"] < done)
-            or (r.get("stage") == "rl_step" and r["step"] <= done)]  # (periodic evals: taken before the save)
+            or (r.get("stage") == "rl_step" and r["step"] <= done)  # (periodic evals: taken before the save)
+            or (r["phase"] == "data_selection" and checkpoint.state.get("stage") == "rl")]  # (not recomputed)
     rewrite_metrics(metrics_path, kept)
     run.writer.reopen()
     for r in kept:
@@ -196,6 +199,7 @@ def validate(cfg: TrainConfig) -> None:
 
     check_reward_terms(cfg.rl.reward_terms, cfg.rl.reward_term_params, TASKS._items.get(cfg.task.name), cfg.task.name)
     make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)
+    check_data_selection(cfg)  # rl.data_selection: the pool's method, parameters, rl.prompt_pool > 0
     check_curriculum(cfg)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
@@ -313,6 +317,7 @@ class Run:
     lora: Any = None  # model.lora_rank > 0: credo.lora.LoRAPolicy (adapters injected into `model`)
     verifier: Any = None  # rollout.ray_verifiers > 0: rewards/verifier_pool.py::VerifierPool (set by rl_context)
     clock: JobClock = dataclasses.field(default_factory=lambda: JobClock({}))  # the whole job's ETA (train())
+    data_selection: dict | None = None  # rl.data_selection: the selected pool (select/datamask.py), checkpointed
 
     def saved(self) -> dict[str, Any]:
         """What a checkpoint saves as its model: peft's adapters only with LoRA, else the model."""
@@ -375,6 +380,8 @@ def setup(cfg: TrainConfig, resume: bool = False, world: World = SINGLE) -> Run:
     if not resume and world.is_main:
         (run_dir / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     policy = load_policy(cfg.model.name, seed=cfg.run.seed)
+    if cfg.rl.curriculum == "context_length":  # a phase without prompts fails here, before the warm-up
+        context_prompts(cfg, task, policy.tokenizer, prompt_list_size(cfg.rl))
     device = resolve_device(cfg.model.device)  # before any copy: ref model and critic follow it
     place_policy(policy.model, device, attention_implementation(device, cfg.model.attn_implementation))
     apply_memory_options(policy.model, fp32_lm_head=cfg.model.fp32_lm_head,
@@ -581,6 +588,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
         state["reward_terms"] = ctx.reward_mix.state()
     if ctx.curriculum is not None:  # the adaptive level and its window (exact resume)
         state["curriculum"] = ctx.curriculum.state()
+    if run.data_selection is not None:  # the selected prompt pool: --resume trains on it without recomputing
+        state["data_selection"] = run.data_selection
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
@@ -630,24 +639,29 @@ def rl_stage(run: Run) -> None:
     rl = run.cfg.rl
     ctx = rl_context(run)
     # the persistent id of a prompt is its index in this list (see train/prompts.py)
-    size = rl.prompt_pool if rl.prompt_pool > 0 else max(1, rl.steps * rl.prompts_per_step)
+    size = prompt_list_size(rl)
     curriculum = make_curriculum(rl.curriculum, rl.curriculum_params, steps=rl.steps, per_level=size)
-    if curriculum is None:
+    if curriculum is not None:  # each curriculum builds its own list (level blocks, measured lengths, ...)
+        prompts = curriculum.training_prompts(make_task, run.cfg, run.task, run.tokenizer, size)
+    elif rl.data_selection != "none":  # DATAMASK: the pool chosen from more candidates (select/datamask.py)
+        prompts = bind_data_selection(run, ctx, run.model if run.placement is None else run.placement.rollout_model)
+    else:
         prompts = run.task.examples("train", size, seed=run.cfg.run.seed)
-    else:  # every level's prompts, one block per level (train/curriculum.py)
-        prompts = level_prompts(make_task, run.cfg.task.name, run.cfg.task.params, curriculum, run.cfg.run.seed)
+    if curriculum is not None:  # its state (exact resume), or its start-of-RL hook (TAROT measures the policy)
         if run.resumed is not None and run.resumed.state.get("stage") == "rl":
             if "curriculum" not in run.resumed.state:
                 raise CredoError(f"checkpoint {run.resumed.folder} has no state for rl.curriculum")
             curriculum.load_state(run.resumed.state["curriculum"])
+        elif callable(getattr(curriculum, "begin", None)):
+            curriculum.begin(run, max_prompt_tokens(run.model, run.sampling, run.engine))
     ctx.curriculum = curriculum
     bind_selection(ctx, rl, prompts, run.cfg.run.seed, run.sampling.max_new_tokens, run.resumed)
     first = run.resumed.state.get("rl_step", 0) if run.resumed is not None else 0
 
     def schedule(step: int) -> list[int]:  # the prompt ids of a step (deterministic: no tracker weights)
-        if curriculum is not None:
-            return curriculum.prompt_ids(step, rl.prompts_per_step, run.cfg.run.seed)
         pool = len(prompts) if rl.prompt_pool > 0 else 0  # (a task may hold fewer prompts)
+        if curriculum is not None:
+            return curriculum.prompt_ids(step, rl.prompts_per_step, run.cfg.run.seed, pool=pool)
         return scheduled_prompt_ids(step, rl.prompts_per_step, pool, run.cfg.run.seed)
 
     if uses_pipeline(run):  # generations sent ahead (k = rollout.max_staleness; k = 0 sends each in its step)
@@ -704,7 +718,12 @@ def rl_stage(run: Run) -> None:
     run.timings["rl"] = time.perf_counter() - t
     if ctx.dist is not None:
         ctx.dist.before_rollout()  # FSDP2: the evaluated copy gets the final weights
-    run.held_out("rl")
+    if rl.steps == 0 and "warmup" in run.summary and run.world.is_main:
+        # no RL step changed the warmed-up weights: the (greedy) evaluation would repeat the warm-up's
+        run.summary["rl"] = dict(run.summary["warmup"])
+        run.writer.write({"phase": "eval", "stage": "rl", **run.summary["rl"]})
+    else:
+        run.held_out("rl")
     save_rl_checkpoint(run, ctx, "final", rl.steps)
 
 
