@@ -405,7 +405,12 @@ def test_autorule_trains_from_the_config(tmp_path, tiny_folder):
     assert len(cache["keys"]) > 0 and len(cache["keys"]) % 2 == 0  # (completion, rule) pairs: two rules each
 
 
-def test_likelihood_cache_survives_a_sigkill_and_resumes_bitwise(tmp_path):
+@pytest.mark.parametrize("term, params", [
+    ("likelihood", {"model": "tiny", "max_tokens": 128}),
+    ("autorule", {"rules": ["Give the answer in answer tags.", "Keep it short."], "judge": "tiny", "soft": True,
+                  "max_tokens": 128}),
+])
+def test_judged_term_cache_survives_a_sigkill_and_resumes_bitwise(tmp_path, term, params):
     """The verdict cache is the term's state: in every RL checkpoint, restored on --resume, so a run killed
     mid-way ends with the uninterrupted run's metrics, cache and weights (test_resume.py's pattern)."""
     import sys
@@ -414,13 +419,12 @@ def test_likelihood_cache_survives_a_sigkill_and_resumes_bitwise(tmp_path):
     sys.path.insert(0, str(Path(__file__).parent))  # (import mode is importlib)
     from test_resume import ARGS, _assert_same_final_weights, _comparable, _credo, _kill_then_resume
 
-    args = ARGS + ["--rl.steps", "3", "--rl.reward_terms", '{"task": 1.0, "likelihood": 1.0}',
-                   "--rl.reward_term_params", '{"likelihood": {"model": "tiny", "max_tokens": 128}}',
-                   "--rl.prompt_pool", "2"]
+    args = ARGS + ["--rl.steps", "3", "--rl.reward_terms", json.dumps({"task": 1.0, term: 1.0}),
+                   "--rl.reward_term_params", json.dumps({term: params}), "--rl.prompt_pool", "2"]
     ref = _credo(args + ["--run.out_dir", str(tmp_path), "--run.name", "ref"])
     assert ref.returncode == 0, ref.stderr[-2000:]
     _kill_then_resume(args + ["--run.out_dir", str(tmp_path), "--run.name", "crash"], "update:2", tmp_path / "crash")
     assert _comparable(tmp_path / "crash") == _comparable(tmp_path / "ref")
     states = [json.loads((tmp_path / n / "checkpoints" / "final" / "state.json").read_text()) for n in ("ref", "crash")]
-    assert states[0]["reward_terms"] == states[1]["reward_terms"] and states[0]["reward_terms"]["likelihood"]["cache"]["keys"]
+    assert states[0]["reward_terms"] == states[1]["reward_terms"] and states[0]["reward_terms"][term]["cache"]["keys"]
     _assert_same_final_weights(tmp_path / "ref", tmp_path / "crash")
