@@ -68,6 +68,7 @@ def catalog_markdown() -> str:
         "## Sample and data selection (`rl.sample_selection`, `rl.data_selection`)\n\n"
         + markdown(selection_entries()) + "\n\n"
         "## Curricula (`rl.curriculum`)\n\n" + markdown(curriculum_entries()) + "\n\n"
+        "## Supervised mixing in RL (`rl.sft_mix`)\n\n" + markdown(mixing_entries()) + "\n\n"
         "## Training stages (`credo pipeline`, `[[stages]] kind`)\n\n" + markdown(stage_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
@@ -124,6 +125,11 @@ def reward_term_entries() -> list[Entry]:
     return _rows("credo.rewards.terms")
 
 
+def mixing_entries() -> list[Entry]:
+    """The supervised losses mixed into RL optimizer steps (train/sft_mix.py: CHORD)."""
+    return _rows("credo.train.sft_mix")
+
+
 def stage_entries() -> list[Entry]:
     """The training stages a pipeline chains (stages/)."""
     import credo.stages
@@ -168,6 +174,8 @@ def print_catalog(what: str = "all") -> None:
         print("\nsample and data selection (rl.sample_selection, rl.data_selection):\n" + table(selection_entries()))
     if what in ("all", "curricula"):
         print("\ncurricula (rl.curriculum):\n" + table(curriculum_entries()))
+    if what in ("all", "mixing"):
+        print("\nsupervised mixing in RL (rl.sft_mix):\n" + table(mixing_entries()))
     if what in ("all", "stages"):
         print("\ntraining stages (credo pipeline [[stages]] kind):\n" + table(stage_entries()))
 

@@ -120,6 +120,17 @@ def cmd_generate(args, rest) -> int:
     return 0
 
 
+def cmd_make_student(args, rest) -> int:
+    """`credo make-student --layers K --out DIR [--model SOURCE]`: a layer-dropped student folder (models.py)."""
+    from credo.models import make_student
+
+    if rest:
+        raise CredoError(f"credo make-student takes only --layers, --out and --model; unexpected: {' '.join(rest)}")
+    out = make_student(args.model, args.layers, args.out)
+    print(f"credo: wrote a {args.layers}-layer student of {args.model} to {out} (use it as model.name {out})")
+    return 0
+
+
 def cmd_export(args, rest) -> int:
     """`credo export --run RUN_OR_CHECKPOINT --out DIR`: a plain Hugging Face folder (LoRA merged)."""
     from credo.lora import export
@@ -170,9 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a run folder (its final, else newest complete checkpoint) or a checkpoint folder")
     p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist or be empty)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("make-student", help="a smaller student: a model with K evenly spaced decoder layers kept "
+                                            "(embeddings, final norm, head and tokenizer unchanged)")
+    p.add_argument("--layers", type=int, required=True, metavar="K", help="decoder layers to keep")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (must not exist or be empty)")
+    p.add_argument("--model", default="smollm2", help="the source: smollm2, a model folder or a checkpoint")
+    p.set_defaults(func=cmd_make_student)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
     p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers", "entropy",
-                                                       "rewards", "selection", "curricula", "stages"])
+                                                       "rewards", "selection", "curricula", "mixing", "stages"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

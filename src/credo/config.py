@@ -277,6 +277,15 @@ class RLConfig:
     reward_term_params: dict[str, Any] = field(default_factory=dict)
     """Keyword parameters of the terms that take them, by name, e.g. {"hapo_length": {"floor": -0.7}},
     {"adactrl": {"threshold": 0.625}}, {"cogre": {"dictionary": "keywords.json"}}, {"repetition": {"ngram_size": 3}}."""
+    sft_mix: Annotated[str, OneOf(("none", "chord"))] = "none"
+    """Mix a supervised loss on expert data into every RL optimizer step (train/sft_mix.py; `credo list
+    mixing`): "chord" = CHORD's (1 - mu(t)) L_rl + mu(t) L_sft with phi = p (1 - p) token weights and a
+    warm-up / cosine-decay / valley schedule of mu. "none" = RL alone."""
+    sft_mix_params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of "chord" (Trinity-RFT's defaults): {"mu_warmup": 0, "mu_decay": 0, "mu_peak": 0.1,
+    "mu_valley": 0.1, "phi": true, "expert_batch": 8 (rows per optimizer step), "source": "task" (the
+    task's demonstrations of "pool" = 256 training examples) or a JSONL / Parquet / CSV file with
+    "prompt_field" / "response_field" (prompt / response), "max_response_tokens": 256}."""
     max_nonfinite_steps: Annotated[int, Range(lo=1)] = 5
     """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""

@@ -1,4 +1,4 @@
-"""Trust-region reformulations of the ratio objective: BPO / GBPO, FiberPO, and Tsallis J_Q (GARL).
+"""Trust-region reformulations of the ratio objective: BPO / GBPO, FiberPO, and Tsallis J_Q (GARL, PAFT).
 
 | objective | what replaces PPO's clip                                                                |
 |-----------|-----------------------------------------------------------------------------------------|
@@ -6,21 +6,24 @@
 | gbpo      | bpo with a group-relative median advantage computed from the rewards                    |
 | fiberpo   | a trajectory-level gate on the mean log-ratio times a token-level gate on its residual  |
 | garl      | PPO clip kept; the advantage of prompt x is amplified by P_hat(x)^(-q) (Tsallis J_Q)    |
+| paft      | no ratio: SFT on the group's importance-resampled correct samples, scaled P_hat^(1-q)   |
 
-All four are from paper text with the exact loss reconstructed (no public code); every constant
+All five are from paper text with the exact loss reconstructed (no public code); every constant
 and choice is a keyword argument and each docstring lists its assumptions.
 Log-ratios are clamped to [-20, 20] before exp (as verl). Reductions: see each docstring.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
 
 from credo.batch import RolloutBatch
 from credo.entry import Entry
-from credo.objectives.base import OBJECTIVES, LossTerms, masked_mean, needs
+from credo.errors import CredoError
+from credo.objectives.base import LOG_RATIO_CLAMP, OBJECTIVES, LossTerms, checks, masked_mean, needs
 from credo.objectives.common import add_kl_penalty, ratio_metrics, token_log_ratio
 from credo.objectives.grpo import ppo_clip_per_token
 from credo.objectives.kl import kl_k3
@@ -361,6 +364,144 @@ def garl_loss(
     return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="garl_loss")
 
 
+# -- Tsallis J_Q / PAFT --------------------------------------------------------------------------
+
+
+def paft_weights(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    seq_log_ratio: torch.Tensor,
+    *,
+    q: float = 0.75,
+    threshold: float = 0.5,
+    resample: int = 0,
+    importance: str = "ratio",
+    p_floor: float | None = None,
+    seed: int = 0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PAFT's SFT weight of each sample: rewards [B], group_ids [B], seq_log_ratio [B] -> (weights [B], metrics).
+
+    Per group (M samples, c_i = 1[R_i > threshold], P_hat = mean c):
+      posterior draw: S = resample (0: M) indices from Categorical(w), w_i proportional to c_i r_i with the
+        sequence ratio r_i = exp(seq_log_ratio_i) ("ratio": sampling-importance-resampling of the posterior
+        pi(y) c(y) / P from samples of the behaviour policy) or to c_i ("uniform"); with replacement, a
+        generator seeded by (seed, group id);
+      weight_i = max(P_hat, p_floor)^(1 - q) x M n_i / S   (n_i: times sample i was drawn)
+    so sum_i weight_i x (-log pi(y_i)) / M = P_hat^(1-q) x the SFT loss on the S resampled sequences.
+    On-policy (r = 1) the posterior draw is uniform over the correct samples. A group without a correct
+    sample has no posterior sample: weights 0 (the gradient of J_Q is zero there anyway). p_floor (default
+    1/M) bounds P_hat below; any group with a correct sample has P_hat >= 1/M, so the default never binds
+    and a larger floor only limits the spread of the attenuation.
+    """
+    if q < 0:
+        raise ValueError(f"paft: q must be >= 0, got {q}")
+    if importance not in ("ratio", "uniform"):
+        raise ValueError(f"paft: importance must be 'ratio' or 'uniform', got {importance!r}")
+    if resample < 0:
+        raise ValueError(f"paft: resample must be >= 0 (0 = the group size), got {resample}")
+    weights = torch.zeros(rewards.shape, dtype=torch.float64)
+    atten, distinct, p_rows = [], [], torch.zeros(rewards.shape, dtype=torch.float64)
+    groups = torch.unique(group_ids)
+    for g in groups.tolist():
+        rows = torch.nonzero(group_ids == g).flatten()
+        correct = rows[rewards[rows] > threshold]
+        m = len(rows)
+        p_hat = len(correct) / m
+        p_rows[rows] = p_hat
+        if len(correct) == 0:
+            continue
+        logw = seq_log_ratio[correct].detach().double().clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        probs = torch.softmax(logw if importance == "ratio" else torch.zeros_like(logw), dim=0)
+        draws = resample or m
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + int(g))
+        picked = torch.multinomial(probs, draws, replacement=True, generator=generator)
+        counts = torch.bincount(picked, minlength=len(correct)).double()
+        floor = 1.0 / m if p_floor is None else float(p_floor)
+        amp = max(p_hat, floor) ** (1.0 - q)
+        weights[correct] = amp * m * counts / draws
+        atten.append(amp)
+        distinct.append(float((counts > 0).sum()) / len(correct))
+    # (0, not NaN, when no group has a correct sample: the trainer averages metrics over micro-batches)
+    metrics = {
+        "success_rate": p_rows.float().mean() if len(p_rows) else torch.tensor(0.0),
+        "attenuation_mean": torch.tensor(sum(atten) / len(atten) if atten else 0.0),
+        "resampled_distinct": torch.tensor(sum(distinct) / len(distinct) if distinct else 0.0),
+        "skipped_groups": torch.tensor((len(groups) - len(atten)) / max(len(groups), 1)),
+    }
+    return weights.to(torch.float32), metrics
+
+
+def _check_paft(params: dict, cfg) -> None:
+    def bad(name: str, why: str) -> CredoError:
+        return CredoError(f"rl.objective paft: rl.objective_params[{name!r}] {why}, got {params[name]!r}")
+
+    if not (isinstance(params["q"], (int, float)) and math.isfinite(params["q"]) and params["q"] >= 0):
+        raise bad("q", "must be a finite number >= 0 (q = 1: SFT on correct samples; 0.75 the paper's)")
+    if params["importance"] not in ("ratio", "uniform"):
+        raise bad("importance", "must be 'ratio' or 'uniform'")
+    if isinstance(params["resample"], bool) or not isinstance(params["resample"], int) or params["resample"] < 0:
+        raise bad("resample", "must be an integer >= 0 (0 = the group size)")
+    floor = params["p_floor"]
+    if floor is not None and not (isinstance(floor, (int, float)) and 0 < floor <= 1):
+        raise bad("p_floor", "must be null (1 / M) or in (0, 1]")
+
+
+@OBJECTIVES.register("paft")
+@needs("whole_groups")
+@checks(_check_paft)
+def paft_loss(
+    logprobs: torch.Tensor,
+    batch: RolloutBatch,
+    *,
+    q: float = 0.75,
+    threshold: float = 0.5,
+    resample: int = 0,
+    importance: str = "ratio",
+    p_floor: float | None = None,
+    seed: int = 0,
+    rl_step: int = 0,
+    kl_coef: float = 0.0,
+    kl_estimator: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = kl_k3,
+) -> LossTerms:
+    """PAFT: supervised fine-tuning on each group's importance-resampled correct samples, attenuated by P_hat^(1-q).
+
+    logprobs [B, T]; uses batch.rewards [B], batch.group_ids [B], batch.behaviour_logprobs, batch.loss_mask
+    (batch.advantages is ignored) -> LossTerms(per_token [B, T]).
+    grad J_Q = P^(-q) grad P = P^(1-q) grad log P,  grad log P = E_{y ~ posterior pi(y) c(y) / P}[grad log pi(y)]
+    Estimator: P_hat = the group's success rate; y_1..y_S resampled from the posterior (see `paft_weights`);
+      L_{i,t} = -w_i log pi(y_{i,t}),  w_i = P_hat^(1-q) M n_i / S   (weights detached; no ratio, no clip)
+    With the reduction `seq_mean_token_sum` and equal group sizes the batch loss is
+    -(1/K) sum_q P_hat_q^(1-q) (1/S) sum_s log pi(y_s): the plain PAFT estimator of J_Q (sequence
+    log-likelihoods); token_mean / seq_mean_token_mean give its length-normalised form. In expectation it
+    has GARL's direction with baseline "none" (both estimate grad J_Q); PAFT's gradient is the SFT
+    gradient of whole correct samples (the paper: "semantically coherent", more stable), GARL's the
+    amplified RLVR one (lower variance).
+    The resampling generator is seeded by (seed, rl_step, group id): the same draws on a resume. Groups
+    with no correct sample give no loss (counted in `skipped_groups`).
+    Assumptions (reconstructed): SIR with sequence-level ratios pi_theta / pi_behaviour as the
+    importance resampling (on-policy: uniform over the correct samples), S = M draws with replacement,
+    binary correctness by threshold 0.5, the floor 1/M on P_hat. Defaults: q 0.75 (the paper's PAFT
+    setting), no KL.
+    Departs from GRPO: no advantage and no ratio; an SFT loss on resampled correct samples, weighted
+    per prompt by its success rate to the power 1 - q (q = 1: plain SFT on correct samples; q = 0:
+    P_hat-weighted SFT, the RLVR gradient's scale).
+    Paper: "How Fast Should a Model Commit to Supervision? Training Reasoning Models on the Tsallis
+    Loss Continuum" (arXiv 2604.25907), which introduces GARL and PAFT.
+    Status: reconstructed (the estimator's structure from the paper text; resampling details assumed).
+    """
+    mask = batch.loss_mask
+    with torch.no_grad():
+        seq_log_ratio = (token_log_ratio(logprobs.detach(), batch) * mask).sum(-1)
+    weights, metrics = paft_weights(
+        batch.rewards, batch.group_ids, seq_log_ratio, q=q, threshold=threshold, resample=resample,
+        importance=importance, p_floor=p_floor, seed=seed * 100_003 + rl_step,
+    )
+    per_token = torch.where(mask, -weights.to(logprobs.dtype)[:, None] * logprobs, torch.zeros_like(logprobs))
+    metrics.update(ratio_metrics(token_log_ratio(logprobs, batch), mask), clip_fraction=torch.tensor(0.0))  # (no clip)
+    terms = LossTerms(per_token=per_token, metrics=metrics)
+    return add_kl_penalty(terms, logprobs, batch, kl_coef=kl_coef, kl_estimator=kl_estimator, who="paft_loss")
+
+
 # The catalog rows of this module's methods (`credo list`).
 CATALOG = [
     Entry("bpo", "regress each token's ratio onto the box-constrained optimum 1 +- eps (sign of A), "
@@ -375,4 +516,8 @@ CATALOG = [
           "reduction seq_mean_token_sum",
           "Training Reasoning Models on the Tsallis Loss Continuum (GARL; arXiv 2604.25907)", "reconstructed",
           "groups of M samples"),
+    Entry("paft", "Tsallis J_Q by SFT: each group's correct samples importance-resampled (pi / pi_old), SFT on them "
+          "scaled by P_hat^(1-q) (q 0.75); no ratio, no clip; reduction seq_mean_token_sum",
+          "Training Reasoning Models on the Tsallis Loss Continuum (PAFT; arXiv 2604.25907)", "reconstructed",
+          "groups of M samples (binary rewards)"),
 ]

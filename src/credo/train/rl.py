@@ -153,6 +153,7 @@ def ppo_update(
     grad_stats: GradSNR | None = None,
     dist: Any = None,
     entropy_control: Any = None,
+    sft_mix: Any = None,
 ) -> dict[str, float]:
     """`epochs` x `minibatches` optimizer steps on one rollout batch; returns averaged metrics.
 
@@ -162,7 +163,9 @@ def ppo_update(
     token / row counts, matched forward/backward passes per rank (see that module).
     entropy_control (rl.entropy_control, objectives/entropy_control.py): gives each optimizer step's
     entropy coefficient in place of settings.entropy_coef, and observes the step's mean token entropy
-    (global over ranks) after it."""
+    (global over ranks) after it.
+    sft_mix (rl.sft_mix, train/sft_mix.py::ChordStep): CHORD; every RL backward is scaled by 1 - mu and each
+    optimizer step adds mu x the SFT loss on its expert rows (also when no rollout row is trainable)."""
     declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     whole_groups = "whole_groups" in declared
     forward_needs = declared & frozenset(OUTPUT_NEEDS)
@@ -178,6 +181,8 @@ def ppo_update(
     updates = skipped = 0
     grad_norms = []
     applied: list[float] = []  # the entropy coefficient each optimizer step applied (entropy_control)
+    if len(split_from) == 0 and sft_mix is not None:  # CHORD: the expert rows still train
+        return sft_mix.sft_only_update(model, optimizer, settings)
     if len(split_from) == 0:  # e.g. every group all-correct or all-wrong: nothing to learn from
         nan = float("nan")
         return {"updates": 0, "skipped_updates": 0, "trained_sequences": 0, "grad_norm": nan,
@@ -190,6 +195,7 @@ def ppo_update(
     correction_metrics: dict[str, float] = {}
     if settings.correction is not None:  # sampler/trainer mismatch and policy lag (rl.is_correction)
         batch, correction_metrics = apply_correction(batch, rows, settings.correction)
+    rl_weight = 1.0 if sft_mix is None else sft_mix.rl_weight  # CHORD: (1 - mu) L_rl + mu L_sft
     for _ in range(settings.epochs):
         for minibatch in split_rows(split_from, split_groups, settings.minibatches, generator, whole_groups):
             sub = batch.select(minibatch if layout is None else layout.local(minibatch))
@@ -227,7 +233,7 @@ def ppo_update(
                     per_token, part.loss_mask, settings.reduction,
                     num_tokens=num_tokens, num_seqs=num_seqs, norm_constant=settings.norm_constant,
                 )
-                (loss * scale).backward()  # scale: DDP / FSDP2 average gradients over ranks
+                (loss * (scale * rl_weight)).backward()  # scale: DDP / FSDP2 average gradients over ranks
                 w = float(part.loss_mask.sum())
                 weight += w
                 m = part.loss_mask
@@ -242,6 +248,8 @@ def ppo_update(
                         extremes[key] = max(extremes.get(key, -math.inf), value)
                     else:  # token-weighted mean over the micro-batches
                         sums[key] = sums.get(key, 0.0) + value * w
+            if sft_mix is not None:  # + mu x the SFT loss on this optimizer step's expert rows
+                sft_mix.backward(model, settings)
             maybe_die("update")
             if grad_stats is not None:  # the raw minibatch gradient: before clipping rescales it
                 grad_stats.add(list(model.parameters()))
@@ -261,6 +269,8 @@ def ppo_update(
     out = {k: v / max(weight, 1.0) for k, v in sums.items()}
     out.update(extremes)
     out.update(correction_metrics)
+    if sft_mix is not None:
+        out.update(sft_mix.metrics())
     if entropy_control is not None:
         out.update(entropy_coef=entropy_control.coef, entropy_coef_applied=sum(applied) / max(len(applied), 1))
     out.update(updates=updates, skipped_updates=skipped,
@@ -309,6 +319,7 @@ class RLContext:
     verifier: Any = None  # rollout.ray_verifiers > 0: rewards/verifier_pool.py::VerifierPool
     rollouts: Any = None  # rollout.max_staleness with the ray engine (train/pipeline.py::RolloutPipeline)
     entropy_control: Any = None  # rl.entropy_control (objectives/entropy_control.py): the moving entropy coefficient
+    sft_mix: Any = None  # rl.sft_mix (train/sft_mix.py::ChordMix): CHORD's mu x SFT loss on expert rows per optimizer step
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -614,7 +625,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         ctx.engine.offload()
     objective = functools.partial(ctx.objective, rl_step=step) if wants_step(ctx.objective) else ctx.objective
     update = ppo_update(ctx.model, ctx.optimizer, batch, objective, ctx.settings, generator, grad_stats,
-                        entropy_control=ctx.entropy_control, **several)
+                        entropy_control=ctx.entropy_control,
+                        sft_mix=None if ctx.sft_mix is None else ctx.sft_mix.at_step(step), **several)
     if ctx.credit_protocol is not None:
         ctx.credit_state = next_state  # after the step: the next step's baseline sees this one's rewards
     if grad_stats is not None:

@@ -67,6 +67,7 @@ from credo.select import DynamicSampling
 from credo.select.d3s import make_sample_selection
 from credo.select.datamask import bind_data_selection, check_data_selection
 from credo.train.curriculum import check_curriculum, make_curriculum
+from credo.train.sft_mix import check_sft_mix, make_sft_mix
 from credo.train.context_schedule import context_prompts, prompt_list_size
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
@@ -201,6 +202,7 @@ def validate(cfg: TrainConfig) -> None:
     make_sample_selection(cfg.rl.sample_selection, cfg.rl.sample_selection_params, cfg.rl.steps)
     check_data_selection(cfg)  # rl.data_selection: the pool's method, parameters, rl.prompt_pool > 0
     check_curriculum(cfg)
+    check_sft_mix(cfg)  # rl.sft_mix: CHORD's parameters, its expert file (train/sft_mix.py)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
@@ -536,7 +538,7 @@ def rl_context(run: Run) -> RLContext:
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
                      seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule,
                      entropy_control=entropy_control, verifier=run.verifier,
-                     sampler=sampler)
+                     sampler=sampler, sft_mix=make_sft_mix(run.cfg, run.task, run.tokenizer))
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int,

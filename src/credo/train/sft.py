@@ -72,3 +72,63 @@ def run_warmup(
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         on_step({"phase": "warmup", "step": step, "loss": loss.item(), "grad_norm": float(grad_norm)})
+
+
+# -- supervised pairs from a task or a file (CHORD's expert rows, the OTR stage) ---------------------
+
+SupervisedPair = tuple[str, str]  # (prompt: the user message, response: the assistant's completion)
+
+
+def supervised_pairs(source: str, task: Task, *, n: int, seed: int, prompt_field: str = "prompt",
+                     response_field: str = "response", where: str = "data") -> list[SupervisedPair]:
+    """(prompt, response) pairs: source "task" = the demonstrations of `n` training examples of the task
+    (seeded by `seed`); else a JSONL / Parquet / CSV / `datasets` file read by tasks/data_files.py, every
+    row with string fields `prompt_field` and `response_field`. Problems are CredoErrors naming `where`
+    (the config field) and, for a file, the row and field."""
+    from credo.errors import CredoError
+    from credo.tasks.data_files import read_records
+
+    if source == "task":
+        examples = task.examples("train", n, seed=seed)
+        pairs = [(ex.prompt, ex.demonstration) for ex in examples if ex.demonstration and ex.demonstration.strip()]
+        if not pairs:
+            raise CredoError(f"{where} = 'task': task {getattr(task, 'name', task)!r} gives no demonstrations for "
+                             f"its training prompts; give a file with {prompt_field!r} / {response_field!r} fields")
+        return pairs
+    pairs = []
+    for record in read_records(source):
+        row = []
+        for name in (prompt_field, response_field):
+            value = record.row.get(name)
+            if not isinstance(value, str) or not value.strip():
+                raise CredoError(f"{where}: {record.where}: field {name!r} must be a non-empty string, got {value!r}")
+            row.append(value)
+        pairs.append((row[0], row[1]))
+    if not pairs:
+        raise CredoError(f"{where}: {source} holds no rows")
+    return pairs
+
+
+def encode_pairs(tokenizer, task: Task, pairs: Sequence[SupervisedPair], max_response_tokens: int
+                 ) -> list[tuple[list[int], int]]:
+    """Each pair as (token ids of chat prompt + response + EOS, index of the first response token); a
+    response longer than max_response_tokens - 1 tokens is cut (the EOS is kept)."""
+    out = []
+    for prompt, response in pairs:
+        head = tokenizer(render_prompt(tokenizer, task, Example(prompt, "", "")), add_special_tokens=False)["input_ids"]
+        body = tokenizer(response, add_special_tokens=False)["input_ids"][: max(max_response_tokens - 1, 0)]
+        out.append((list(head) + list(body) + [tokenizer.eos_token_id], max(len(head), 1)))
+    return out
+
+
+def pad_encoded(rows: Sequence[tuple[list[int], int]], pad_id: int):
+    """tokens [B, T], attention_mask [B, T], loss_mask [B, T] (response + EOS) of encoded rows, right-padded."""
+    T = max(len(ids) for ids, _ in rows)
+    tokens = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(rows), T), dtype=torch.bool)
+    loss_mask = torch.zeros((len(rows), T), dtype=torch.bool)
+    for i, (ids, start) in enumerate(rows):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        attention[i, : len(ids)] = True
+        loss_mask[i, start: len(ids)] = True
+    return tokens, attention, loss_mask
