@@ -69,6 +69,7 @@ def catalog_markdown() -> str:
         + markdown(selection_entries()) + "\n\n"
         "## Curricula (`rl.curriculum`)\n\n" + markdown(curriculum_entries()) + "\n\n"
         "## Supervised mixing in RL (`rl.sft_mix`)\n\n" + markdown(mixing_entries()) + "\n\n"
+        "## Critic warm starts (`rl.warm_start`)\n\n" + markdown(warm_start_entries()) + "\n\n"
         "## Training stages (`credo pipeline`, `[[stages]] kind`)\n\n" + markdown(stage_entries()) + "\n\n"
         "## Recipes (`credo train --recipe NAME`, `rl.recipe`)\n\n" + recipe_markdown() + "\n"
     )
@@ -126,8 +127,13 @@ def reward_term_entries() -> list[Entry]:
 
 
 def mixing_entries() -> list[Entry]:
-    """The supervised losses mixed into RL optimizer steps (train/sft_mix.py: CHORD)."""
-    return _rows("credo.train.sft_mix")
+    """The supervised losses mixed into RL optimizer steps (train/sft_mix.py: CHORD; train/rmt.py: RMT)."""
+    return sorted(_rows("credo.train.sft_mix") + _rows("credo.train.rmt"), key=lambda e: e.name)
+
+
+def warm_start_entries() -> list[Entry]:
+    """The warm starts of PPO's critic before RL (train/warm_start.py: WSRL and its replay baseline)."""
+    return _rows("credo.train.warm_start")
 
 
 def stage_entries() -> list[Entry]:
@@ -176,6 +182,8 @@ def print_catalog(what: str = "all") -> None:
         print("\ncurricula (rl.curriculum):\n" + table(curriculum_entries()))
     if what in ("all", "mixing"):
         print("\nsupervised mixing in RL (rl.sft_mix):\n" + table(mixing_entries()))
+    if what in ("all", "warmstart"):
+        print("\ncritic warm starts (rl.warm_start):\n" + table(warm_start_entries()))
     if what in ("all", "stages"):
         print("\ntraining stages (credo pipeline [[stages]] kind):\n" + table(stage_entries()))
 

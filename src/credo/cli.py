@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_make_student)
     p = sub.add_parser("list", help="list presets, tasks, objectives or credit estimators")
     p.add_argument("what", nargs="?", default="all", choices=["all", "presets", "recipes", "tasks", "objectives", "credit", "corrections", "samplers", "entropy",
-                                                       "rewards", "selection", "curricula", "mixing", "stages"])
+                                                       "rewards", "selection", "curricula", "mixing", "warmstart", "stages"])
     p.set_defaults(func=cmd_list)
     from credo.creditbench import cli as creditbench_cli
 

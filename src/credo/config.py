@@ -277,15 +277,34 @@ class RLConfig:
     reward_term_params: dict[str, Any] = field(default_factory=dict)
     """Keyword parameters of the terms that take them, by name, e.g. {"hapo_length": {"floor": -0.7}},
     {"adactrl": {"threshold": 0.625}}, {"cogre": {"dictionary": "keywords.json"}}, {"repetition": {"ngram_size": 3}}."""
-    sft_mix: Annotated[str, OneOf(("none", "chord"))] = "none"
+    sft_mix: Annotated[str, OneOf(("none", "chord", "rmt"))] = "none"
     """Mix a supervised loss on expert data into every RL optimizer step (train/sft_mix.py; `credo list
     mixing`): "chord" = CHORD's (1 - mu(t)) L_rl + mu(t) L_sft with phi = p (1 - p) token weights and a
-    warm-up / cosine-decay / valley schedule of mu. "none" = RL alone."""
+    warm-up / cosine-decay / valley schedule of mu. "rmt" = RMT's L_rl + lambda L_ntp (plain next-token
+    prediction on all tokens of text rows) with the rollouts' max_new_tokens at step t a decaying budget
+    B_t (train/rmt.py). "none" = RL alone."""
     sft_mix_params: dict[str, Any] = field(default_factory=dict)
     """Parameters of "chord" (Trinity-RFT's defaults): {"mu_warmup": 0, "mu_decay": 0, "mu_peak": 0.1,
     "mu_valley": 0.1, "phi": true, "expert_batch": 8 (rows per optimizer step), "source": "task" (the
     task's demonstrations of "pool" = 256 training examples) or a JSONL / Parquet / CSV file with
-    "prompt_field" / "response_field" (prompt / response), "max_response_tokens": 256}."""
+    "prompt_field" / "response_field" (prompt / response), "max_response_tokens": 256}. Of "rmt":
+    {"ntp_weight": 1.0 (lambda), "budget_min": 1, "budget_decay": 0.5 (gamma; 1 = fixed), "budget_power":
+    1.0 (k), "ntp_batch": 8, "source": "task" (demonstrations of "pool" = 256 examples) or a .txt / JSONL /
+    Parquet / CSV document file ("text_field": "text"), "max_tokens": 256}; B_0 = sampling.max_new_tokens."""
+    warm_start: Annotated[str, OneOf(("none", "wsrl", "replay"))] = "none"
+    """Warm-start PPO's critic before RL (train/warm_start.py; `credo list warmstart`; needs a critic
+    estimator such as rl.credit gae): "wsrl" = WSRL's recipe: pre-train the critic (and optionally the
+    policy) on offline rows, then warm-up rollouts of the pre-trained policy that only re-fit the critic,
+    then online PPO without the offline rows; "replay" = the same pre-training, then a fixed fraction of
+    every PPO batch is offline rows (the baseline WSRL argues against). "none" = off."""
+    warm_start_params: dict[str, Any] = field(default_factory=dict)
+    """Parameters of the warm start: {"source": "task" (demonstrations of "pool" = 256 examples, reward 1;
+    "self_samples": N adds the pre-RL policy's scored samples of N prompts) or a JSONL / Parquet / CSV file
+    ("prompt_field" / "response_field" / "reward_field" / "answer_field": a row without a reward is scored
+    by the verifier against its answer), "batch_rows": 16, "critic_steps": 20, "critic_lr" (rl.critic_lr),
+    "policy_steps": 0, "policy_lr" (rl.lr), "policy_loss": "sft" (rows with reward >= "min_reward" 1.0) or
+    "awr" ("awr_temperature" 1.0), "warmup_rollouts" (wsrl 2, replay 0), "replay_fraction" (replay: 0.5),
+    "max_response_tokens": 256}."""
     max_nonfinite_steps: Annotated[int, Range(lo=1)] = 5
     """Stop with a clear message after this many consecutive RL steps whose optimizer steps were all
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""

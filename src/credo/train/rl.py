@@ -165,7 +165,8 @@ def ppo_update(
     entropy coefficient in place of settings.entropy_coef, and observes the step's mean token entropy
     (global over ranks) after it.
     sft_mix (rl.sft_mix, train/sft_mix.py::ChordStep): CHORD; every RL backward is scaled by 1 - mu and each
-    optimizer step adds mu x the SFT loss on its expert rows (also when no rollout row is trainable)."""
+    optimizer step adds mu x the SFT loss on its expert rows (also when no rollout row is trainable); RMT's
+    train/rmt.py::RMTStep the same way with weight 1 and lambda x next-token prediction on text rows."""
     declared, pass_outputs = needs_of(objective), wants_outputs(objective)
     whole_groups = "whole_groups" in declared
     forward_needs = declared & frozenset(OUTPUT_NEEDS)
@@ -320,6 +321,8 @@ class RLContext:
     rollouts: Any = None  # rollout.max_staleness with the ray engine (train/pipeline.py::RolloutPipeline)
     entropy_control: Any = None  # rl.entropy_control (objectives/entropy_control.py): the moving entropy coefficient
     sft_mix: Any = None  # rl.sft_mix (train/sft_mix.py::ChordMix): CHORD's mu x SFT loss on expert rows per optimizer step
+    warm_start: Any = None  # rl.warm_start (train/warm_start.py::WarmStart): WSRL's pre-training; "replay" adds offline rows
+    token_budget: Callable[[int], int] | None = None  # RL step -> its rollouts' max_new_tokens (RMT, train/rmt.py)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -541,6 +544,16 @@ def sampled_summary(completions: Sequence[Completion], scores: Sequence[Any]) ->
             "response_length": sum(len(c.token_ids) for c in completions) / max(len(completions), 1)}
 
 
+def apply_token_budget(ctx: RLContext, step: int) -> dict[str, float]:
+    """A dynamic token budget (ctx.token_budget, RMT's B_t, train/rmt.py): this step's rollouts sample at most
+    B_t new tokens. B_t is a pure function of the step (never of the previous budget), so a resumed run
+    samples exactly as the uninterrupted one. Returns {"token_budget": B_t} ({} without a budget)."""
+    if ctx.token_budget is None:
+        return {}
+    ctx.sampling = replace(ctx.sampling, max_new_tokens=int(ctx.token_budget(step)))
+    return {"token_budget": float(ctx.sampling.max_new_tokens)}
+
+
 def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
             prompt_ids: Sequence[int] | None = None, slots: Sequence[int] | None = None) -> dict[str, float]:
     """One rollout batch: sample, score, credit, update. Returns the step's metrics.
@@ -551,6 +564,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     here); with dist.seed_per_prompt it seeds the example's group (credo/dist/shard.py).
     """
     t0 = time.perf_counter()
+    budget = apply_token_budget(ctx, step)
     if ctx.dist is not None:
         ctx.dist.before_rollout()  # FSDP2: refresh the sampling copy from the shards
     prompt_ids = list(range(len(examples))) if prompt_ids is None else list(prompt_ids)
@@ -585,7 +599,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         if not examples:  # every round gave uniform groups: nothing to learn from this step
             # the first round's rewards and the step's time still go into the curves (no gaps in a report)
             return {"skipped_prompts": len(drop), "updates": 0, "skipped_updates": 0, **first_round, **selection,
-                    "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
+                    **budget, "gen_time": t_gen - t0, "step_time": time.perf_counter() - t0}
     if callable(getattr(ctx.curriculum, "observe_rows", None)):  # per-prompt accuracy (train/context_schedule.py)
         ctx.curriculum.observe_rows([prompt_ids[g] for g in group_ids], [float(s.correct) for s in scores])
     if callable(getattr(ctx.curriculum, "tier_rewards", None)):  # TAROT: tier-weighted rewards (train/tarot.py)
@@ -600,7 +614,11 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     if ctx.overlong is not None:  # DAPO's soft overlong punishment, added to the task reward
         rewards, length_metrics = ctx.overlong(rewards, torch.tensor([len(c.token_ids) for c in completions]))
         selection.update(length_metrics)
-    batch = build_batch(completions, rewards.tolist(), group_ids, pad_id=pad_token_id(ctx.tokenizer))
+    rows = (completions, rewards.tolist(), group_ids, [examples[g] for g in group_ids])
+    if ctx.warm_start is not None:  # rl.warm_start "replay": offline rows appended to the batch (train/warm_start.py)
+        *rows, replay_metrics = ctx.warm_start.replay_rows(ctx, step, *rows)
+        selection.update(replay_metrics)
+    batch = build_batch(*rows[:3], pad_id=pad_token_id(ctx.tokenizer))
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
             batch.ref_logprobs = token_logprobs(
@@ -608,7 +626,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
                 temperature=ctx.settings.temperature,
             )
     row_prompt_ids = torch.tensor([prompt_ids[g] for g in group_ids], dtype=torch.long)
-    credit_metrics = assign_credit(ctx, batch, completions, [examples[g] for g in group_ids], row_prompt_ids)
+    credit_metrics = assign_credit(ctx, batch, rows[0], rows[3], row_prompt_ids)
     if ctx.sample_selection is not None:  # D3S: train on the max-Var(A) rollouts of each group only
         keep, selection_metrics = ctx.sample_selection(step, batch.advantages, batch.loss_mask, batch.group_ids)
         narrow_loss_mask(batch, keep[:, None])
@@ -651,6 +669,7 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         "format_rate": sum(s.formatted for s in scores) / len(scores),
         "zero_variance_groups": float((grouped.max(1).values == grouped.min(1).values).float().mean()),
         "response_length": float(lengths.mean()),
+        **({} if not budget else {**budget, "response_length_max": float(lengths.max())}),
         "truncation_rate": sum(c.finish_reason == "length" for c in completions) / len(completions),
         # updates between the weights a completion was sampled with and this step's (0: on-policy engine)
         "policy_lag_max": float(step - min(c.weight_version for c in completions)),

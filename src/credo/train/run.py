@@ -68,6 +68,7 @@ from credo.select.d3s import make_sample_selection
 from credo.select.datamask import bind_data_selection, check_data_selection
 from credo.train.curriculum import check_curriculum, make_curriculum
 from credo.train.sft_mix import check_sft_mix, make_sft_mix
+from credo.train.warm_start import check_warm_start, make_warm_start, row_was_done as warm_start_row_done
 from credo.train.context_schedule import context_prompts, prompt_list_size
 from credo.dist.checkpoint import is_dcp, load_dcp, save_dcp
 from credo.dist.comm import broadcast_object, reduce_metrics
@@ -131,7 +132,8 @@ def restore(run: "Run") -> Checkpoint | None:
             if r["phase"] in ("warmup", "eval") and r.get("stage") not in ("rl", "rl_step")
             or (r["phase"] == "rl" and r["step"] < done)
             or (r.get("stage") == "rl_step" and r["step"] <= done)  # (periodic evals: taken before the save)
-            or (r["phase"] == "data_selection" and checkpoint.state.get("stage") == "rl")]  # (not recomputed)
+            or (r["phase"] == "data_selection" and checkpoint.state.get("stage") == "rl")  # (not recomputed)
+            or (r["phase"] == "warm_start" and warm_start_row_done(r, checkpoint.state))]  # (train/warm_start.py)
     rewrite_metrics(metrics_path, kept)
     run.writer.reopen()
     for r in kept:
@@ -203,6 +205,7 @@ def validate(cfg: TrainConfig) -> None:
     check_data_selection(cfg)  # rl.data_selection: the pool's method, parameters, rl.prompt_pool > 0
     check_curriculum(cfg)
     check_sft_mix(cfg)  # rl.sft_mix: CHORD's parameters, its expert file (train/sft_mix.py)
+    check_warm_start(cfg)  # rl.warm_start: a critic estimator, the params, the offline rows (train/warm_start.py)
     if cfg.rl.reward_model and cfg.rollout.ray_verifiers > 0:
         raise CredoError("rl.reward_model with rollout.ray_verifiers > 0 is not built yet (the reward model runs in "
                          "the trainer's process); set rollout.ray_verifiers 0")
@@ -530,6 +533,7 @@ def rl_context(run: Run) -> RLContext:
 
         run.verifier = VerifierPool(run.task, safe_score, workers=run.cfg.rollout.ray_verifiers,
                                     error_reward=RLContext.error_reward, address=run.cfg.rollout.ray_address)
+    mix = make_sft_mix(run.cfg, run.task, run.tokenizer)  # CHORD's or RMT's (train/sft_mix.py, train/rmt.py)
     return RLContext(model, ref_model, run.tokenizer, run.engine, optimizer, run.task, objective,
                      credit, sampling, rl.group_size, settings, run.cfg.run.seed,
                      max_prompt_tokens=max_prompt_tokens(run.model, run.sampling, run.engine), credit_name=rl.credit,
@@ -538,7 +542,9 @@ def rl_context(run: Run) -> RLContext:
                      snr_lr=rl.snr_lr, lr_state=lr_state, lr_scale=lr_scale, dist=hooks,
                      seed_per_prompt=run.cfg.dist.seed_per_prompt, temperature_schedule=schedule,
                      entropy_control=entropy_control, verifier=run.verifier,
-                     sampler=sampler, sft_mix=make_sft_mix(run.cfg, run.task, run.tokenizer))
+                     sampler=sampler, sft_mix=mix, token_budget=getattr(mix, "token_budget", None),
+                     warm_start=make_warm_start(run.cfg, run.task, run.tokenizer, credit,
+                                                run.resumed.state if resumed_rl else None))
 
 
 def bind_selection(ctx: RLContext, rl, prompts: list, seed: int, max_new_tokens: int,
@@ -592,6 +598,8 @@ def save_rl_checkpoint(run: Run, ctx: RLContext, name: str, steps_done: int) -> 
         state["curriculum"] = ctx.curriculum.state()
     if run.data_selection is not None:  # the selected prompt pool: --resume trains on it without recomputing
         state["data_selection"] = run.data_selection
+    if ctx.warm_start is not None:  # how far the warm start got (resume continues it exactly)
+        state["warm_start"] = ctx.warm_start.state()
     if run.world.distributed:  # sharded: every rank writes its part (credo/dist/checkpoint.py)
         save_dcp(run.world, run.run_dir / "checkpoints" / name, model=ctx.model, optimizer=ctx.optimizer,
                  ref_model=ctx.ref_model, critic=ctx.critic, critic_optimizer=ctx.critic_optimizer,
@@ -636,6 +644,21 @@ def rollout_pipeline(run: Run, ctx: RLContext, examples_of) -> RolloutPipeline:
                            last_step=run.cfg.rl.steps)
 
 
+def warm_start_stage(run: Run, ctx: RLContext) -> None:
+    """rl.warm_start before the first RL step, from where a resumed checkpoint left it; its checkpoints
+    are `step_0` (stage "rl", RL step 0, progress in state.json["warm_start"]) every run.checkpoint_every
+    units and at its end. Warm-up rollouts draw their own training prompts (seeded), not RL's."""
+    rl, t = run.cfg.rl, time.perf_counter()
+    per = rl.prompts_per_step
+    warm = ctx.warm_start
+    total = warm.params.warmup_rollouts * per
+    pool = run.task.examples("train", total, seed=run.cfg.run.seed + 60_000) if total else []
+    save = (lambda: save_rl_checkpoint(run, ctx, "step_0", 0)) if run.cfg.run.checkpoint_every else None
+    warm.run(ctx, write=run.writer.write, save=save, warmup_examples=lambda i: pool[i * per:(i + 1) * per],
+             refresh_reference=run.lora is None)
+    run.timings["warm_start"] = time.perf_counter() - t
+
+
 def rl_stage(run: Run) -> None:
     """The RL loop over steps, then evaluation and the final checkpoint."""
     rl = run.cfg.rl
@@ -670,6 +693,8 @@ def rl_stage(run: Run) -> None:
         ctx.rollouts = rollout_pipeline(run, ctx, lambda t: [prompts[k] for k in schedule(t)])
     sampled = run.model if run.placement is None else run.placement.rollout_model  # (dist: the plain copy)
     run.engine.load_weights(sampled, version=first)  # the weights RL starts from (warm-up or resume)
+    if ctx.warm_start is not None:  # WSRL: critic (and policy) pre-training, warm-up rollouts (train/warm_start.py)
+        warm_start_stage(run, ctx)
     t = time.perf_counter()
     bar = _progress(rl.steps, "RL", run.cfg.run.progress)
     bar.update(first)
@@ -720,7 +745,8 @@ def rl_stage(run: Run) -> None:
     run.timings["rl"] = time.perf_counter() - t
     if ctx.dist is not None:
         ctx.dist.before_rollout()  # FSDP2: the evaluated copy gets the final weights
-    if rl.steps == 0 and "warmup" in run.summary and run.world.is_main:
+    moved = ctx.warm_start is not None and ctx.warm_start.params.policy_steps > 0  # (WSRL's policy pre-training)
+    if rl.steps == 0 and "warmup" in run.summary and run.world.is_main and not moved:
         # no RL step changed the warmed-up weights: the (greedy) evaluation would repeat the warm-up's
         run.summary["rl"] = dict(run.summary["warmup"])
         run.writer.write({"phase": "eval", "stage": "rl", **run.summary["rl"]})

@@ -1,5 +1,6 @@
 """CHORD: on-policy RL mixed with a phi-weighted SFT loss on expert data under a global weight mu(t)
-(`rl.sft_mix = "chord"`, `rl.sft_mix_params`).
+(`rl.sft_mix = "chord"`, `rl.sft_mix_params`). `rl.sft_mix = "rmt"` (RL + next-token prediction under a
+dynamic token budget) lives in train/rmt.py and shares this module's parameter checks and sft-only steps.
 
 Paper: "On-Policy RL Meets Off-Policy Experts: Harmonizing Supervised Fine-Tuning and Reinforcement
 Learning via Dynamic Weighting" (CHORD, arXiv 2508.11408). Status: confirmed against the reference
@@ -54,8 +55,9 @@ import torch
 
 from credo.entry import Entry
 from credo.errors import CredoError
+from credo.train.mix_common import param_error, supervised_only_update, typed_params
 
-SFT_MIXES = ("none", "chord")
+SFT_MIXES = ("none", "chord", "rmt")  # "rmt": RL + next-token prediction, a dynamic token budget (train/rmt.py)
 
 
 @dataclass(frozen=True)
@@ -113,9 +115,14 @@ def check_sft_mix(cfg) -> None:
     if rl.sft_mix == "none":
         if rl.sft_mix_params:
             raise CredoError(f"rl.sft_mix_params is set ({', '.join(sorted(rl.sft_mix_params))}) but rl.sft_mix is "
-                             f"'none'; set rl.sft_mix = \"chord\" or remove the params")
+                             f"'none'; set rl.sft_mix = \"chord\" or \"rmt\", or remove the params")
         return
-    chord_params(rl.sft_mix_params)
+    if rl.sft_mix == "rmt":
+        from credo.train.rmt import check_rmt
+
+        check_rmt(cfg)
+    else:
+        chord_params(rl.sft_mix_params)
     if cfg.dist.strategy != "none":
         raise CredoError(f"rl.sft_mix {rl.sft_mix!r} with dist.strategy {cfg.dist.strategy!r} is not built yet (the "
                          f"expert rows would be replicated on every rank); use one process")
@@ -123,26 +130,11 @@ def check_sft_mix(cfg) -> None:
 
 def chord_params(table: dict[str, Any]) -> ChordParams:
     """ChordParams from rl.sft_mix_params, every key, type and range checked."""
-    hints = {f.name: f.type for f in dataclasses.fields(ChordParams)}
-    unknown = sorted(set(table) - set(hints))
-    if unknown:
-        raise CredoError(f"rl.sft_mix_params: unknown key(s) {', '.join(unknown)}; chord takes: {', '.join(hints)}")
+    params = typed_params(ChordParams, table, "chord")
 
     def bad(name: str, why: str):
-        return CredoError(f"rl.sft_mix_params[{name!r}]: {why}, got {table[name]!r}")
+        return param_error(table, name, why)
 
-    for name, value in table.items():
-        kind = hints[name]
-        if kind == "bool" and not isinstance(value, bool):
-            raise bad(name, "must be true or false")
-        if kind == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-            raise bad(name, "must be an integer")
-        if kind == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                or not math.isfinite(value)):
-            raise bad(name, "must be a number")
-        if kind == "str" and (not isinstance(value, str) or not value.strip()):
-            raise bad(name, "must be a non-empty string")
-    params = ChordParams(**table)
     for name in ("mu_warmup", "mu_decay"):
         if getattr(params, name) < 0:
             raise bad(name, "must be >= 0")
@@ -233,33 +225,18 @@ class ChordStep:
 
     def sft_only_update(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, settings) -> dict[str, float]:
         """A step without trainable rollout rows: minibatches x epochs optimizer steps on mu L_sft alone."""
-        from credo.faults import maybe_die
-
-        updates = skipped = 0
-        norms = []
-        model.train()
-        for _ in range(settings.epochs * settings.minibatches):
-            self.backward(model, settings)
-            maybe_die("update")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm))
-            if math.isfinite(grad_norm):
-                optimizer.step()
-                updates += 1
-                norms.append(grad_norm)
-            else:  # a non-finite gradient must not reach the optimizer state
-                skipped += 1
-            optimizer.zero_grad(set_to_none=True)
-        nan = float("nan")
-        return {"updates": updates, "skipped_updates": skipped, "trained_sequences": 0,
-                "grad_norm": sum(norms) / len(norms) if norms else nan,
-                **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")},
-                **self.metrics()}
+        return supervised_only_update(self, model, optimizer, settings)
 
 
-def make_sft_mix(cfg, task, tokenizer) -> ChordMix | None:
-    """The run's CHORD mix (None for rl.sft_mix "none"): the expert pool read and encoded once."""
+def make_sft_mix(cfg, task, tokenizer):
+    """The run's mix (None for rl.sft_mix "none"): CHORD's ChordMix with its expert pool read and encoded
+    once, or RMT's train/rmt.py::RMTMix (text rows + the dynamic token budget)."""
     if cfg.rl.sft_mix == "none":
         return None
+    if cfg.rl.sft_mix == "rmt":
+        from credo.train.rmt import make_rmt
+
+        return make_rmt(cfg, task, tokenizer)
     from credo.train.evaluate import pad_token_id
     from credo.train.sft import encode_pairs, supervised_pairs
 
