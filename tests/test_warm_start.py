@@ -193,7 +193,7 @@ def test_bad_config_names_the_field(tmp_path):
 
     validate(cfg("wsrl", {"critic_steps": 3, "policy_steps": 2, "policy_loss": "awr", "critic_lr": None}))
     validate(cfg("replay", {"replay_fraction": 0.25}))
-    with pytest.raises(CredoError, match="rl.warm_start needs a critic estimator such as rl.credit gae"):
+    with pytest.raises(CredoError, match="rl.warm_start needs a critic estimator that reads values"):
         validate(cfg("wsrl", None, ("rl.objective", "grpo"), ("rl.credit", "grpo")))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "p", "response": "r", "reward": 1}\n{"prompt": "p", "response": "r"}\n'

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,29 @@ class StageRun:
         print(f"credo: {self.kind} held-out accuracy {label}: {result['accuracy']:.1%} "
               f"(format {result['format_rate']:.1%}, n={result['n']})", flush=True)
         return result
+
+    def update(self, optimizer, max_grad_norm: float, *, apply: bool = True) -> float:
+        """After the step's backward: clip, then the optimizer step unless the norm is non-finite (or `apply`
+        is False: nothing to train this step), then zero the gradients; returns the norm before clipping.
+        The crash point `update` (credo/faults.py) sits between the backward and the weight change."""
+        from credo.faults import maybe_die
+
+        maybe_die("update")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm))
+        if apply and math.isfinite(grad_norm):  # a non-finite gradient never reaches the AdamW moments
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm
+
+    def conclude(self, label: str, *, step: int, optimizer, state: dict[str, Any]) -> dict[str, Any]:
+        """The end of a stage: the held-out evaluation `label` (unless a resume already holds it), a resumable
+        checkpoint, `summary["final"]`, `checkpoints/final` and summary.json."""
+        if label not in self.summary:
+            self.evaluate(label, after_step=step)
+        self.save(f"step_{step}", optimizer=optimizer, state={"step": step, **state})
+        self.summary["final"] = dict(self.summary[label])
+        self.save("final", state={"step": step, **state, "final": True})
+        return self.finish()
 
     def save(self, name: str, *, optimizer=None, extra_model=None, state: dict[str, Any]) -> None:
         from credo.train.checkpoint import save_checkpoint

@@ -171,25 +171,13 @@ def self_pairs(st, params: DPOParams, round_index: int) -> tuple[list[Pair], dic
 
 def pair_batch(tokenizer, task, pairs: Sequence[Pair], max_response_tokens: int):
     """tokens [2P, T], attention [2P, T], loss_mask [2P, T], rewards [2P], group_ids [2P]: rows 2p (chosen,
-    reward 1) and 2p + 1 (rejected, reward 0) form group p; the mask covers response + EOS."""
-    from credo.tasks.base import Example, render_prompt
+    reward 1) and 2p + 1 (rejected, reward 0) form group p; the mask covers response + EOS
+    (train/sft.py::encode_pairs, pad_encoded)."""
+    from credo.train.evaluate import pad_token_id
+    from credo.train.sft import encode_pairs, pad_encoded
 
-    rows, starts = [], []
-    for prompt, chosen, rejected in pairs:
-        head = tokenizer(render_prompt(tokenizer, task, Example(prompt, "", "")), add_special_tokens=False)["input_ids"]
-        for response in (chosen, rejected):
-            body = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_tokens - 1]
-            rows.append(list(head) + list(body) + [tokenizer.eos_token_id])
-            starts.append(len(head))
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.bool)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, start) in enumerate(zip(rows, starts)):
-        tokens[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = True
-        loss_mask[i, max(start, 1): len(row)] = True
+    rows = encode_pairs(tokenizer, task, [(p, r) for p, c, rj in pairs for r in (c, rj)], max_response_tokens)
+    tokens, attention, loss_mask = pad_encoded(rows, pad_token_id(tokenizer))
     rewards = torch.tensor([1.0, 0.0] * len(pairs))
     group_ids = torch.arange(len(pairs)).repeat_interleave(2)
     return tokens, attention, loss_mask, rewards, group_ids
@@ -232,7 +220,6 @@ def step_pairs(pairs: Sequence[Pair], step: int, batch: int, seed: int) -> list[
 
 
 def run_dpo(cfg, params: DPOParams, *, resume: bool = False) -> dict[str, Any]:
-    from credo.faults import maybe_die
     from credo.objectives import OBJECTIVES
     from credo.stages.common import open_stage
     from credo.train.optim import lr_at, make_optimizer, set_lr
@@ -275,11 +262,7 @@ def run_dpo(cfg, params: DPOParams, *, resume: bool = False) -> dict[str, Any]:
                                       step_pairs(pairs, s, params.batch_pairs, cfg.run.seed * 31 + r),
                                       max_response_tokens=params.max_response_tokens, autocast_dtype=st.dtype)
             loss.backward()
-            maybe_die("update")  # crash tests (credo/faults.py): killed between a step's backward and its update
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(st.model.parameters(), params.max_grad_norm))
-            if math.isfinite(grad_norm):
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = st.update(optimizer, params.max_grad_norm)
             step += 1
             st.writer.write({"phase": "dpo", "step": step - 1, "round": r, "lr": lr, "loss": float(loss.detach()),
                              "grad_norm": grad_norm, **metrics})

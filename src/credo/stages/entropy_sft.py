@@ -157,24 +157,10 @@ def read_sft_file(path: str, params: EntropySFTParams) -> list[tuple[str, str]]:
 def sft_batch(tokenizer, task, items: Sequence[tuple[str, str]], max_response_tokens: int):
     """tokens [B, T], attention [B, T], loss_mask [B, T] for rendered prompt + response + EOS; the mask
     covers the response and EOS (the response cut to max_response_tokens - 1 tokens)."""
-    from credo.tasks.base import Example, render_prompt
+    from credo.train.evaluate import pad_token_id
+    from credo.train.sft import encode_pairs, pad_encoded
 
-    rows, starts = [], []
-    for prompt, response in items:
-        head = tokenizer(render_prompt(tokenizer, task, Example(prompt, "", "")), add_special_tokens=False)["input_ids"]
-        body = tokenizer(response, add_special_tokens=False)["input_ids"][: max_response_tokens - 1]
-        rows.append(list(head) + list(body) + [tokenizer.eos_token_id])
-        starts.append(len(head))
-    width = max(len(r) for r in rows)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), width), dtype=torch.bool)
-    loss_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, start) in enumerate(zip(rows, starts)):
-        tokens[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = True
-        loss_mask[i, max(start, 1): len(row)] = True
-    return tokens, attention, loss_mask
+    return pad_encoded(encode_pairs(tokenizer, task, list(items), max_response_tokens), pad_token_id(tokenizer))
 
 
 def training_items(st, params: EntropySFTParams) -> list[tuple[str, str]]:
@@ -200,7 +186,6 @@ def sft_step(model, tokenizer, task, items, params: EntropySFTParams, dtype) -> 
 
 
 def run_entropy_sft(cfg, params: EntropySFTParams, *, resume: bool = False) -> dict[str, Any]:
-    from credo.faults import maybe_die
     from credo.stages.common import open_stage
     from credo.stages.dpo import step_pairs
     from credo.train.optim import lr_at, make_optimizer, set_lr
@@ -226,11 +211,7 @@ def run_entropy_sft(cfg, params: EntropySFTParams, *, resume: bool = False) -> d
                                                                               cfg.run.seed * 31 + 5),
                                  params, st.dtype)
         loss.backward()
-        maybe_die("update")  # crash tests (credo/faults.py): killed between a step's backward and its update
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(st.model.parameters(), params.max_grad_norm))
-        if math.isfinite(grad_norm) and metrics["kept_tokens"] > 0:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = st.update(optimizer, params.max_grad_norm, apply=metrics["kept_tokens"] > 0)
         step += 1
         st.writer.write({"phase": "entropy_sft", "step": step - 1, "lr": lr, "loss": float(loss.detach()),
                          "grad_norm": grad_norm, **metrics, "step_time": time.perf_counter() - started})
@@ -239,12 +220,7 @@ def run_entropy_sft(cfg, params: EntropySFTParams, *, resume: bool = False) -> d
             st.model.train()
         if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.steps:
             st.save(f"step_{step}", optimizer=optimizer, state={"step": step})
-    if "entropy_sft" not in st.summary:  # (a resume from the last checkpoint already holds it)
-        st.evaluate("entropy_sft", after_step=step)
-    st.save(f"step_{step}", optimizer=optimizer, state={"step": step})
-    st.summary["final"] = dict(st.summary["entropy_sft"])
-    st.save("final", state={"step": step, "final": True})
-    return st.finish()
+    return st.conclude("entropy_sft", step=step, optimizer=optimizer, state={})
 
 
 register_stage(StageKind("entropy_sft", EntropySFTParams, run_entropy_sft,

@@ -486,7 +486,6 @@ def train_round(st, params: InTParams, optimizer, examples: Sequence[InTExample]
                 first: int) -> int:
     """Round r's SFT steps `first`.. on its examples (checkpoints every `checkpoint_every` steps, the
     examples inside); returns the global step count after them."""
-    from credo.faults import maybe_die
     from credo.stages.dpo import step_pairs
     from credo.train.optim import lr_at, set_lr
 
@@ -499,11 +498,7 @@ def train_round(st, params: InTParams, optimizer, examples: Sequence[InTExample]
         batch = step_pairs(examples, s, params.batch_size, st.cfg.run.seed * 31 + r)
         loss, metrics = int_loss(st.model, st.tokenizer, st.task, batch, params, st.dtype)
         loss.backward()
-        maybe_die("update")  # crash tests (credo/faults.py): killed between a step's backward and its update
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(st.model.parameters(), params.max_grad_norm))
-        if math.isfinite(grad_norm) and metrics["tokens"] > 0:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = st.update(optimizer, params.max_grad_norm, apply=metrics["tokens"] > 0)
         step += 1
         st.writer.write({"phase": "int", "step": step - 1, "round": r, "lr": lr, "loss": float(loss.detach()),
                          "grad_norm": grad_norm, **metrics, "step_time": time.perf_counter() - started})

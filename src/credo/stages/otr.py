@@ -174,7 +174,6 @@ def otr_backward(model, rows, params: OTRParams, *, dtype, generator: torch.Gene
 
 
 def run_otr(cfg, params: OTRParams, *, resume: bool = False) -> dict[str, Any]:
-    from credo.faults import maybe_die
     from credo.stages.common import open_stage
     from credo.stages.dpo import step_pairs
     from credo.train.evaluate import pad_token_id
@@ -205,11 +204,7 @@ def run_otr(cfg, params: OTRParams, *, resume: bool = False) -> dict[str, Any]:
         generator = torch.Generator().manual_seed(step_seed(cfg.run.seed, step))  # the step's candidates
         metrics = otr_backward(st.model, batch, params, dtype=st.dtype, generator=generator,
                                pad_id=pad_token_id(st.tokenizer))
-        maybe_die("update")  # crash tests (credo/faults.py): killed between a step's backward and its update
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(st.model.parameters(), params.max_grad_norm))
-        if math.isfinite(grad_norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm = st.update(optimizer, params.max_grad_norm)
         step += 1
         st.writer.write({"phase": "otr", "step": step - 1, "lr": lr, "grad_norm": grad_norm, **metrics,
                          "step_time": time.perf_counter() - started})
@@ -217,12 +212,7 @@ def run_otr(cfg, params: OTRParams, *, resume: bool = False) -> dict[str, Any]:
             st.evaluate(f"step_{step}", after_step=step)
         if params.checkpoint_every and step % params.checkpoint_every == 0 and step < params.steps:
             st.save(f"step_{step}", optimizer=optimizer, state={"step": step})
-    if "otr" not in st.summary:  # (a resume from the last checkpoint already holds it)
-        st.evaluate("otr", after_step=step)
-    st.save(f"step_{step}", optimizer=optimizer, state={"step": step})
-    st.summary["final"] = dict(st.summary["otr"])
-    st.save("final", state={"step": step, "final": True})
-    return st.finish()
+    return st.conclude("otr", step=step, optimizer=optimizer, state={})
 
 
 register_stage(StageKind("otr", OTRParams, run_otr,

@@ -21,22 +21,13 @@ from credo.train.optim import lr_at, make_optimizer, set_lr
 
 def demonstration_batch(tokenizer, task: Task, examples: Sequence[Example]):
     """tokens [B, T], attention_mask [B, T], loss_mask [B, T] for prompt + demonstration + EOS."""
-    rows, targets = [], []
+    rows = []
     for ex in examples:
         prompt = tokenizer(render_prompt(tokenizer, task, ex), add_special_tokens=False)["input_ids"]
         answer = tokenizer(ex.demonstration, add_special_tokens=False)["input_ids"]
-        rows.append(prompt + answer + [tokenizer.eos_token_id])
-        targets.append(len(prompt))
-    T = max(len(r) for r in rows)
+        rows.append((prompt + answer + [tokenizer.eos_token_id], len(prompt)))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    tokens = torch.full((len(rows), T), pad, dtype=torch.long)
-    attention = torch.zeros((len(rows), T), dtype=torch.bool)
-    loss_mask = torch.zeros((len(rows), T), dtype=torch.bool)
-    for i, (row, start) in enumerate(zip(rows, targets)):
-        tokens[i, : len(row)] = torch.tensor(row)
-        attention[i, : len(row)] = True
-        loss_mask[i, start : len(row)] = True
-    return tokens, attention, loss_mask
+    return pad_encoded(rows, pad)
 
 
 def run_warmup(

@@ -202,7 +202,7 @@ def check_warm_start(cfg) -> None:
                              f"rl.warm_start is 'none'; set rl.warm_start \"wsrl\" or \"replay\", or remove them")
         return
     if "values" not in credit_needs_of(CREDIT.get(rl.credit)):
-        raise CredoError(f"rl.warm_start needs a critic estimator such as rl.credit gae (rl.credit "
+        raise CredoError(f"rl.warm_start needs a critic estimator that reads values (credo list credit: needs values) (rl.credit "
                          f"{rl.credit!r} reads no values, so there is no critic to warm-start)")
     params = warm_start_params(rl.warm_start_params, rl.warm_start)
     if cfg.dist.strategy != "none":
@@ -616,12 +616,12 @@ CATALOG = [
           "then warm-up rollouts of the pre-trained policy that only re-fit the critic; online PPO never sees the "
           "offline rows again",
           "Efficient Online Reinforcement Learning Fine-Tuning Need Not Retain Offline Data (WSRL; arXiv 2412.07762)",
-          "reconstructed", "a critic estimator (rl.credit gae); offline rows (task demonstrations or a file)",
+          "reconstructed", "a critic estimator (an rl.credit that reads values); offline rows (task demonstrations or a file)",
           training="works (WSRL's warm-up without updates becomes critic-only fitting: PPO keeps no buffer)"),
     Entry("replay", "the same pre-training, then a fixed fraction (0.5) of every PPO batch is offline rows (credit, "
           "policy and critic updates): the data-retention baseline WSRL argues against",
           "Efficient Online Reinforcement Learning Fine-Tuning Need Not Retain Offline Data (WSRL; arXiv 2412.07762), "
           "as its offline_data_ratio / RLPD (arXiv 2302.02948)", "reconstructed",
-          "a critic estimator (rl.credit gae); offline rows",
+          "a critic estimator (an rl.credit that reads values); offline rows",
           training="works (offline rows' behaviour logprobs are the current policy's: ratio 1 on the first update)"),
 ]
