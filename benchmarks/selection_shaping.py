@@ -107,7 +107,8 @@ def main() -> None:
         lines.append(f"| {r['arm']} | {r['steps']} | {r['calibrated_s_per_step']:.2f} | {r['heldout_mean']:.3f} ± "
                      f"{r['heldout_std']:.3f} | {r['gain_mean']:+.3f} | {r['response_length']:.1f} | "
                      f"{r['s_per_step']:.2f} | {verdict} |")
-    lines += ["", f"Report with curves: {out / 'compare' / 'report.html'}."]
+    report = out / 'compare' / 'report.html'
+    lines += ["", f"Report with curves: {report.relative_to(ROOT) if report.is_relative_to(ROOT) else report}."]
     write_results(args.results, lines, rows, {"command": sys.argv, "budget_s": args.budget, "per_step": per_step})
 
 
