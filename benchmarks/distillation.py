@@ -1,9 +1,9 @@
 """Distilling the default run into a k-layer SmolLM2 student: every token vs TIP vs entropy selection vs
 AdaKD temperatures (+ LATF), with the `distill` stage, side by side in one invocation.
 
-    python benchmarks/distillation.py [--teacher RUN_OR_CHECKPOINT] [--layers 10] [--steps 12]
-        [--prompts-per-step 4] [--samples 2] [--lr 1e-4] [--eval-size 200] [--arms all,tip,entropy,adakd]
-        [--out DIR] [--results FILE] [--smoke]
+    python benchmarks/distillation.py [--teacher RUN_OR_CHECKPOINT] [--student-from bundled|teacher]
+        [--layers 10] [--steps 12] [--prompts-per-step 4] [--samples 2] [--lr 1e-4] [--eval-size 200]
+        [--seeds 0,1,2] [--arms all,tip,entropy,adakd] [--out DIR] [--results FILE] [--smoke]
 
 1. The teacher: `--teacher` (a run folder, whose checkpoints/final is used, or a checkpoint / model folder),
    else the default run (`credo train --preset default`: warm-up + GRPO on the bundled model, about 15
@@ -11,7 +11,14 @@ AdaKD temperatures (+ LATF), with the `distill` stage, side by side in one invoc
 2. The student: `smollm2-layers:<layers>` (credo/models.py): SmolLM2-135M-Instruct's embeddings, final
    norm, tied head and tokenizer with `layers` of its 30 decoder layers kept, evenly spaced (10 layers:
    64 M parameters of 135 M). It starts from the bundled model, not from the teacher: the gap it closes
-   is the teacher's whole training plus the dropped layers.
+   is the teacher's whole training plus the dropped layers. `--student-from teacher` drops the layers from
+   the teacher instead (credo.models.make_student; OUT/student-<layers>-layers-of-teacher): the gap is the
+   dropped layers alone. The bundled model itself scores 0 on the default task before its warm-up (no
+   answer format), and so does every layer-dropped student of it, so distillation from the bundled model
+   has first to teach the format; dropping 6 of the default run's 30 layers also loses the format
+   (0.000), but the student keeps the teacher's training in its other layers.
+   `--seeds 0,1,2` runs each arm once per run.seed (OUT/arms/<arm>-s<seed>; seed 0 is OUT/arms/<arm>) and
+   adds each arm's mean +- sample std of held-out accuracy.
 3. Held-out accuracy (the default task, greedy, the stages' held-out set of --eval-size problems) of the
    teacher and of the student before distillation, then one `distill` stage per arm from that same
    student, same seed, same prompts (the stage's defaults otherwise: reverse KL, tau 1):
@@ -113,25 +120,29 @@ def heldout(cfg, model_name: str) -> dict:
     return {**result, "seconds": round(time.perf_counter() - started, 2)}
 
 
-def run_arm(preset: str, out: Path, arm: str, student: str, params: dict, fields: dict[str, str]) -> dict:
-    """One distill stage in OUT/arms/<arm> (a finished one is reused, a partial one is redone)."""
+def run_arm(preset: str, out: Path, arm: str, student: str, params: dict, fields: dict[str, str],
+            seed: int = 0) -> dict:
+    """One distill stage in OUT/arms/<arm> (seed 0) or OUT/arms/<arm>-s<seed> (a finished one is reused,
+    a partial one is redone)."""
     from credo.stages.distill import DistillParams, run_distill
 
-    run = out / "arms" / arm
+    name = arm if seed == 0 else f"{arm}-s{seed}"
+    run = out / "arms" / name
     if (run / "summary.json").is_file():
-        print(f"distillation: arm {arm} already finished; kept", flush=True)
+        print(f"distillation: arm {name} already finished; kept", flush=True)
         summary = json.loads((run / "summary.json").read_text())
     else:
         if run.exists():
             shutil.rmtree(run)
-        cfg = config(preset, out / "arms", arm, {**fields, "model.name": student, "run.eval_base": "false"})
+        cfg = config(preset, out / "arms", name, {**fields, "model.name": student, "run.eval_base": "false",
+                                                  "run.seed": str(seed)})
         summary = run_distill(cfg, DistillParams(**params))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     steps = [r for r in rows if r.get("phase") == "distill"]
     div = [r["divergence"] for r in steps if "divergence" in r]
     timed = [r["step_time"] for r in steps if r["step"] >= 1] or [r["step_time"] for r in steps]
     final = summary["final"]
-    return {"arm": arm, "params": {k: v for k, v in params.items() if k != "teacher"}, "steps": len(steps),
+    return {"arm": arm, "seed": seed, "params": {k: v for k, v in params.items() if k != "teacher"}, "steps": len(steps),
             "accuracy": final["accuracy"], "format_rate": final["format_rate"],
             "response_length": final["response_length"], "n": final["n"], "seconds": summary["seconds"],
             "s_per_step": statistics.mean(timed) if timed else None,
@@ -152,22 +163,52 @@ def table(teacher: dict, student: dict, rows: list[dict]) -> list[str]:
              f"| student before distillation | {student['accuracy']:.3f} | {student['format_rate']:.3f} | "
              f"{student['response_length']:.1f} | {student['seconds']:.0f} (eval) | | | |"]
     for r in rows:
-        lines.append(f"| distill {r['arm']} | {r['accuracy']:.3f} | {r['format_rate']:.3f} | "
+        if "seeds" in r:  # the mean of several seeds
+            lines.append(f"| distill {r['arm']}, mean of seeds {r['seeds']} | {r['accuracy']:.3f} +- "
+                         f"{r['accuracy_std']:.3f} | {r['format_rate']:.3f} | {r['response_length']:.1f} | "
+                         f"{r['seconds']:.0f} | {num(r['s_per_step'], '.1f')} | {num(r['kept_fraction'], '.2f')} | "
+                         f"{num(r['divergence_first3'], '.3f')} -> {num(r['divergence_last3'], '.3f')} |")
+            continue
+        seed = f" (seed {r['seed']})" if r.get("seed") else ""
+        lines.append(f"| distill {r['arm']}{seed} | {r['accuracy']:.3f} | {r['format_rate']:.3f} | "
                      f"{r['response_length']:.1f} | {r['seconds']:.0f} | {num(r['s_per_step'], '.1f')} | "
                      f"{num(r['kept_fraction'], '.2f')} | {num(r['divergence_first3'], '.3f')} -> "
                      f"{num(r['divergence_last3'], '.3f')} |")
     return lines
 
 
+def mean_rows(rows: list[dict]) -> list[dict]:
+    """One row per arm with the mean (and accuracy's sample std) over its seeds; arms with one seed: none."""
+    out = []
+    for arm in dict.fromkeys(r["arm"] for r in rows):
+        group = [r for r in rows if r["arm"] == arm]
+        if len(group) < 2:
+            continue
+
+        def mean(key):
+            values = [r[key] for r in group if r[key] is not None]
+            return statistics.mean(values) if values else None
+
+        out.append({"arm": arm, "seeds": ",".join(str(r["seed"]) for r in group),
+                    "accuracy_std": statistics.stdev(r["accuracy"] for r in group),
+                    **{k: mean(k) for k in ("accuracy", "format_rate", "response_length", "seconds", "s_per_step",
+                                            "kept_fraction", "divergence_first3", "divergence_last3")}})
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", help="a run folder or checkpoint to distil (default: train the default run)")
     parser.add_argument("--layers", type=int, default=10, help="decoder layers of the student (default 10 of 30)")
+    parser.add_argument("--student-from", choices=("bundled", "teacher"), default="bundled",
+                        help="drop the student's layers from the bundled model (default) or from the teacher")
     parser.add_argument("--steps", type=int, default=12, help="distill steps per arm (default 12)")
     parser.add_argument("--prompts-per-step", type=int, default=4)
     parser.add_argument("--samples", type=int, default=2, help="student completions per prompt (default 2)")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--eval-size", type=int, default=200)
+    parser.add_argument("--seeds", default="0", help="run.seed of each arm's stage, comma-separated (default 0); "
+                                                      "with several, the table adds each arm's mean")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"a subset of {','.join(ARMS)}")
     parser.add_argument("--threads", type=int, default=0, help="model.threads (0: torch's default)")
     parser.add_argument("--out", help="work folder (default runs/bench_distillation, or runs/bench_distillation_smoke)")
@@ -195,10 +236,10 @@ def main(argv: list[str] | None = None) -> None:
 
     teacher = teacher_folder(Path(args.teacher)) if args.teacher else train_teacher(preset, out, fields)
     teacher_s = time.perf_counter() - started
-    if args.smoke:  # tiny: the student is dropped from the tiny teacher itself (no bundled model involved)
+    if args.smoke or args.student_from == "teacher":  # dropped from the teacher itself (smoke: no bundled model)
         from credo.models import make_student
 
-        student = out / f"student-{args.layers}-layers"
+        student = out / f"student-{args.layers}-layers-of-teacher"
         if not (student / "config.json").is_file():
             shutil.rmtree(student, ignore_errors=True)
             make_student(str(teacher), args.layers, student)
@@ -212,7 +253,12 @@ def main(argv: list[str] | None = None) -> None:
           flush=True)
     common = {"teacher": str(teacher), "steps": args.steps, "prompts_per_step": args.prompts_per_step,
               "samples": args.samples, "lr": args.lr}
-    rows = [run_arm(preset, out, arm, student, {**common, **ARMS[arm]}, fields) for arm in arms]
+    try:
+        seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"--seeds: comma-separated integers, got {args.seeds!r}") from None
+    rows = [run_arm(preset, out, arm, student, {**common, **ARMS[arm]}, fields, seed) for arm in arms for seed in seeds]
+    means = mean_rows(rows)
     minutes = (time.perf_counter() - started) / 60
     lines = [f"# On-policy distillation into a {args.layers}-layer student: token selection and temperature arms",
              "", f"`python benchmarks/distillation.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
@@ -220,11 +266,11 @@ def main(argv: list[str] | None = None) -> None:
              f"student {student}; {args.steps} distill steps x {args.prompts_per_step} prompts x {args.samples} "
              f"samples per arm, lr {args.lr:g}; held-out {args.eval_size} problems of the {preset} preset's task; "
              f"{minutes:.1f} min in all; 1-minute load average at the end {os.getloadavg()[0]:.1f}.", "",
-             *table(teacher_eval, student_eval, rows)]
+             *table(teacher_eval, student_eval, rows + means)]
     meta = {"command": sys.argv if argv is None else ["benchmarks/distillation.py", *argv], "smoke": args.smoke,
             "teacher": str(teacher), "student": student, "layers": args.layers, "teacher_eval": teacher_eval,
             "student_eval": student_eval, "minutes": round(minutes, 2), "load_average": os.getloadavg()[0]}
-    write_results(results, lines, rows, meta)
+    write_results(results, lines, rows, {**meta, "means": means})
 
 
 if __name__ == "__main__":

@@ -50,10 +50,25 @@ def test_cold_start_pipeline(tmp_path):
 
 def test_warmup_before_train_pipeline(tmp_path):
     stages = _resolve("warmup_before_train.toml", tmp_path)
-    assert [(s.spec.name, s.spec.kind) for s in stages] == [("knights", "sft"), ("arith", "rl")]
-    knights, arith = stages
-    assert knights.cfg.task.name == "knights" and knights.cfg.warmup.steps > 0
-    assert arith.cfg.task.name == "arith" and arith.cfg.model.name == str(knights.folder / "checkpoints" / "final")
+    assert [(s.spec.name, s.spec.kind) for s in stages] == [("knights", "sft"), ("transfer", "eval"), ("arith", "rl"),
+                                                            ("control", "rl")]
+    knights, transfer, arith, control = stages
+    assert knights.cfg.task.name == "knights" and knights.cfg.task.params == {"difficulty": 2, "reasoning": True}
+    assert knights.cfg.warmup.steps > 0 and knights.cfg.run.eval_base
+    warmed = str(knights.folder / "checkpoints" / "final")
+    assert transfer.cfg.model.name == warmed and arith.cfg.model.name == warmed  # arith: from = "knights"
+    assert control.cfg.model.name == "smollm2" and control.cfg.run.eval_base  # the paper's control: base model
+    for stage in (transfer, arith, control):
+        assert stage.cfg.task.name == "arith" and stage.cfg.task.params == {"difficulty": 2, "think": True}
     assert 0 < arith.cfg.rl.prompt_pool <= 100  # the paper's small target set (<= 100 examples)
+    assert (arith.cfg.rl.prompt_pool, arith.cfg.rl.steps) == (control.cfg.rl.prompt_pool, control.cfg.rl.steps)
+    # the longest reasoning demonstration fits the knights stage's completion budget
+    from credo.models import bundled_tokenizer
+    from credo.tasks import make_task
+
+    task = make_task("knights", **knights.cfg.task.params)
+    tokenizer = bundled_tokenizer()
+    longest = max(len(tokenizer(e.demonstration)["input_ids"]) for e in task.examples("test", 147, seed=0))
+    assert longest <= knights.cfg.sampling.max_new_tokens
     for stage in stages:
         _held_out_and_train_sets_exist(stage)

@@ -15,13 +15,13 @@ from fractions import Fraction
 import pytest
 
 from credo.errors import CredoError
-from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
+from credo.rewards.answer_tags import after_thought, answer_after_thought, extract_answer, only_answer, parse_int
 from credo.tasks import TASKS, make_task
 from credo.tasks.arithmetic import ArithmeticTask
 from credo.tasks.base import Example
 from credo.tasks.countdown import CountdownTask, evaluate
 from credo.tasks.jsonl import JsonlTask
-from credo.tasks.knights import KnightsKnavesTask, parse_roles, render_statement, solutions
+from credo.tasks.knights import KnightsKnavesTask, parse_roles, reasoning_trace, render_statement, solutions
 
 # --------------------------------------------------------------------------------------------
 # answer tags
@@ -448,6 +448,112 @@ def test_knights_generated_puzzles_are_unique_and_demonstrations_correct(level):
         assert example.answer == expected
         assert example.demonstration == f"<answer>{expected}</answer>"
         assert task.score(example.demonstration, example).reward == 1.0
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<answer>7</answer>", True),  # the thought is optional
+        ("<think>3+4=7</think><answer>7</answer>", True),
+        ("  <think>\nline one\nline two\n</think>\n<answer>7</answer>\n", True),
+        ("<think></think><answer>7</answer>", True),
+        ("<think>a</think><think>b</think><answer>7</answer>", False),  # one thought at most
+        ("<think>say <answer>5</answer></think><answer>7</answer>", False),  # no tag inside the thought
+        ("<think>unclosed <answer>7</answer>", False),
+        ("<answer>7</answer><think>after</think>", False),
+        ("<think>a</think><answer>7</answer> more", False),
+        ("<think>a</think>", False),
+        ("text <think>a</think><answer>7</answer>", False),
+        ("<think>" + "x" * 5000 + "</think><answer>7</answer>", True),  # a thought has its own, longer bound
+        ("<think>" + "x" * 40_000 + "</think><answer>7</answer>", False),  # over MAX_THOUGHT_CHARS
+        (None, False),
+    ],
+)
+def test_answer_after_thought(text, expected):
+    assert answer_after_thought(text) is expected
+    if expected:
+        assert extract_answer(after_thought(text)) == "7"
+
+
+def test_after_thought():
+    assert after_thought("<think>a</think> <answer>1</answer>") == " <answer>1</answer>"
+    assert after_thought("<answer>1</answer>") == "<answer>1</answer>"  # no thought: unchanged
+    assert after_thought("<think>unclosed") is None and after_thought(7) is None
+    long = "<think>" + "x" * 40_000
+    started = time.perf_counter()
+    assert after_thought(long + "</think>") is None and answer_after_thought(long * 30) is False
+    assert time.perf_counter() - started < 1.0  # bounded: hostile output never stalls a verifier
+
+
+def test_knights_reasoning_trace_by_hand():
+    # Ann: "Bob is a knave."  Bob: "Ann and I are the same kind."  (solved by hand above: knight, knave)
+    assert reasoning_trace([("is", 1, False), ("same", 0)]) == (
+        '<think>Suppose Ann is a knight. Suppose Bob is a knight. Ann says "Bob is a knave.": false, but a '
+        'knight tells the truth. Contradiction, so Bob is not a knight. Suppose Bob is a knave. Ann says '
+        '"Bob is a knave.": true, and a knight tells the truth. Bob says "Ann and I are the same kind.": '
+        'false, and a knave lies. Every statement fits.</think>')
+    # Ann: "I am a knave." can hold for no one: neither role fits Ann
+    with pytest.raises(CredoError, match="no consistent assignment"):
+        reasoning_trace([("is", 0, False), ("is", 0, True)])
+    # a backtrack over two levels: Ann a knight leaves Bob no role
+    # Ann: "Bob is a knave or I am a knight." Bob: "I am a knave or Ann is a knave." -> knave, knight
+    trace = reasoning_trace([("or", (1, False), (0, True)), ("or", (1, False), (0, False))])
+    assert "Contradiction, so Bob is not a knave. No role fits Bob, so Ann is not a knight. Suppose Ann is a knave." \
+        in trace
+
+
+def _replay_trace(trace, people):
+    """Checks every claim of a reasoning trace with the independent statement reader above; returns the
+    assumptions standing at the end."""
+    assumed = {}
+    for sentence in re.findall(r'Suppose \w+ is a \w+\.|\w+ says "[^"]+": \w+, \w+ a \w+ [\w ]+\.', trace):
+        if m := re.fullmatch(r"Suppose (\w+) is a (knight|knave)\.", sentence):
+            person = m.group(1)
+            for later in people[people.index(person):]:  # a new assumption drops the deeper ones
+                assumed.pop(later, None)
+            assumed[person] = m.group(2) == "knight"
+            continue
+        m = re.fullmatch(r'(\w+) says "([^"]+)": (true|false), (and|but) a (knight|knave) [\w ]+\.', sentence)
+        speaker, text, value, verdict, kind = m.groups()
+        assert assumed[speaker] == (kind == "knight")
+        truth = _statement_truth(text, speaker)(assumed)  # KeyError: a statement checked too early
+        assert (value == "true") == truth, sentence
+        assert (verdict == "and") == (truth == assumed[speaker]), sentence
+    return assumed
+
+
+@pytest.mark.parametrize("level", [2, 3, 4])
+def test_knights_reasoning_demonstrations_are_sound_and_score(level):
+    task = KnightsKnavesTask(difficulty=level, reasoning=True)
+    assert task.system_prompt.startswith("Think step by step inside <think>")
+    plain = KnightsKnavesTask(difficulty=level).examples("train", 60, seed=5)
+    examples = task.examples("train", 60, seed=5)
+    assert [e.prompt for e in examples] == [e.prompt for e in plain]  # the same puzzles, other demonstrations
+    for example, bare in zip(examples, plain):
+        thought, answer = example.demonstration.split("\n")
+        assert answer == bare.demonstration and thought.endswith("Every statement fits.</think>")
+        people, found = _brute_force(example.prompt)
+        assert _replay_trace(thought, people) == found[0]  # the standing assumptions are the solution
+        assert task.score(example.demonstration, example).reward == 1.0
+        assert task.final_answer(example.demonstration, example) == task.final_answer(answer, example)
+        # the plain task rejects the thought (its format is the answer alone)
+        assert KnightsKnavesTask(difficulty=level).score(example.demonstration, example).formatted is False
+    with pytest.raises(CredoError, match="reasoning must be true or false"):
+        KnightsKnavesTask(reasoning="yes")
+
+
+def test_arithmetic_think_format():
+    plain, think = ArithmeticTask(), ArithmeticTask(think=True)
+    example = plain.examples("test", 1, seed=0)[0]
+    good = f"<think>add the tens, then the ones</think> <answer>{example.answer}</answer>"
+    assert think.score(good, example).reward == 1.0 and think.final_answer(good, example) == example.answer
+    assert plain.score(good, example).formatted is False and plain.final_answer(good, example) is None
+    assert think.score(f"<answer>{example.answer}</answer>", example).reward == 1.0  # thinking is optional
+    assert think.system_prompt.startswith("Think step by step") and plain.system_prompt.startswith("Reply only")
+    assert ArithmeticTask(think=True, system_prompt="mine").system_prompt == "mine"  # an explicit prompt wins
+    assert think.examples("test", 5, seed=0) == plain.examples("test", 5, seed=0)
+    with pytest.raises(CredoError, match="think must be true or false"):
+        ArithmeticTask(think=1)
 
 
 def test_knights_determinism_disjointness_and_limits():

@@ -14,6 +14,12 @@ True
 False
 >>> only_answer("  <answer>7</answer>  ")
 True
+>>> answer_after_thought("<think>3+4 is 7</think> <answer>7</answer>")
+True
+>>> answer_after_thought("<think>a</think><think>b</think><answer>7</answer>")  # one thought at most
+False
+>>> extract_answer(after_thought("<think>so 7?</think><answer>7</answer>"))
+'7'
 >>> parse_int(" -17 ")
 -17
 >>> parse_int("4.0") is None
@@ -57,3 +63,32 @@ def only_answer(text: object) -> bool:
     if not isinstance(text, str) or len(text) > MAX_SCAN_CHARS:
         return False
     return re.fullmatch(r"\s*<answer>(?:(?!</?answer>).)*</answer>\s*", text, re.DOTALL) is not None
+
+
+# A thought is longer than an answer (a 4-inhabitant knights trace is ~5,000 characters), so it gets its
+# own bound; the tempered pattern below is linear in the text.
+MAX_THOUGHT_CHARS = 32768
+_THOUGHT = re.compile(r"\s*<think>(?:(?!</?think>|</?answer>).)*</think>", re.DOTALL)
+
+
+def after_thought(text: object) -> str | None:
+    """The text after one leading `<think>...</think>` block (the whole text when it has none), or None
+    when the thought is malformed: unclosed, holding an answer or think tag, or longer than
+    MAX_THOUGHT_CHARS. A text that opens no thought is returned unchanged."""
+    if not isinstance(text, str):
+        return None
+    if not text.lstrip().startswith("<think>"):
+        return text
+    if len(text) > MAX_THOUGHT_CHARS:
+        return None
+    match = _THOUGHT.match(text)
+    return None if match is None else text[match.end():]
+
+
+def answer_after_thought(text: object) -> bool:
+    """`only_answer`, optionally after one `<think>...</think>` block (`after_thought`): the format of a
+    task that lets the model reason first ("<think>...</think> <answer>...</answer>", the R1 / Logic-RL
+    format). The thought holds no answer or think tag, so the answer read is never one quoted inside the
+    thought; nothing but whitespace may follow the answer."""
+    rest = after_thought(text)
+    return rest is not None and only_answer(rest)

@@ -259,10 +259,10 @@ def run_pipeline(path: str | Path, out: Path, extra: Sequence[tuple[str, str]] =
     save()
     for i, stage in enumerate(stages):
         if rows[i]["status"] == "finished":
-            print(f"credo: pipeline stage {i} {stage.spec.name!r} already finished; kept", flush=True)
+            print(f"credo: pipeline stage {i + 1}/{len(stages)} {stage.spec.name!r} already finished; kept", flush=True)
             continue
         resume = (stage.folder / "metrics.jsonl").is_file()
-        print(f"credo: pipeline stage {i}/{len(stages) - 1} {stage.spec.name!r} ({stage.spec.kind})"
+        print(f"credo: pipeline stage {i + 1}/{len(stages)} {stage.spec.name!r} ({stage.spec.kind})"
               f"{' resumed' if resume else ''}, log {stage.log}", flush=True)
         rows[i] = stage_row(stage, "running", None, None)
         save()

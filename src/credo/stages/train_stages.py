@@ -7,6 +7,9 @@ preset, recipe and field works; `credo train --resume` semantics inside the stag
   fields, rl.steps forced to 0 (warmup.steps must be > 0).
 - "rl": warmup.steps forced to 0; rl.steps must be > 0.
 - "train": both, as configured.
+- "eval": neither: the stage's model scored on the stage's task (held-out, greedy), e.g. a warm-up's
+  transfer to another task before any RL; warmup.steps and rl.steps forced to 0 and run.eval_base to
+  false (one evaluation). Its checkpoints/final is the model unchanged, so later stages may chain on.
 """
 
 from __future__ import annotations
@@ -57,9 +60,15 @@ def run_rl(cfg, params: NoParams, *, resume: bool = False) -> dict[str, Any]:
     return _train(cfg, resume=resume)
 
 
+def run_eval(cfg, params: NoParams, *, resume: bool = False) -> dict[str, Any]:
+    cfg.warmup.steps, cfg.rl.steps, cfg.run.eval_base = 0, 0, False
+    return _train(cfg, resume=resume)
+
+
 register_stage(StageKind("train", NoParams, run_train, "warm-up then RL, exactly `credo train` (any preset / recipe)"))
 register_stage(StageKind("sft", NoParams, run_sft, "supervised fine-tuning on the task's demonstrations (warmup.*)"))
 register_stage(StageKind("rl", NoParams, run_rl, "RL from the stage's model, no warm-up (rl.*, any recipe)"))
+register_stage(StageKind("eval", NoParams, run_eval, "held-out accuracy of the stage's model on its task, no training"))
 
 CATALOG = [
     Entry("train", "warm-up then RL, as `credo train` (any preset, recipe and field)", "-", "confirmed",
@@ -68,4 +77,6 @@ CATALOG = [
           "Warm Up Before You Train: Unlocking General Reasoning in Resource-Constrained Settings (arXiv 2505.13718)",
           "confirmed", "a task with demonstrations (or a JSONL demonstration field)"),
     Entry("rl", "RL from the stage's model without a warm-up (any recipe)", "-", "confirmed", "a task"),
+    Entry("eval", "held-out accuracy of the stage's model on the stage's task (no training)", "-", "confirmed",
+          "a task"),
 ]

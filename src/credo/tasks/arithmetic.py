@@ -12,6 +12,11 @@ Difficulty levels (graded, so curricula and held-out evaluations can pick a leve
 
 Reward: 1.0 when the completion is exactly one answer tag holding the right integer, else 0.0
 (text after the closing tag is not accepted: small models learn to append chatter under RL).
+
+`think = true` lets the model reason first: one optional `<think>...</think>` block may come before the
+answer tag (rewards/answer_tags.py::answer_after_thought), and the default system prompt says so. The
+target task of a reasoning warm-up (configs/pipelines/warmup_before_train.toml) uses it, because the
+warm-up teaches the model to think before it answers.
 """
 
 from __future__ import annotations
@@ -21,9 +26,11 @@ import re
 from dataclasses import dataclass
 
 from credo.errors import CredoError
-from credo.rewards.answer_tags import extract_answer, only_answer, parse_int
+from credo.rewards.answer_tags import after_thought, answer_after_thought, extract_answer, only_answer, parse_int
 from credo.tasks.base import Example, Score, draw_examples
 
+_PLAIN_PROMPT = "Reply only with the answer as <answer>N</answer>."
+_THINK_PROMPT = "Think step by step inside <think>...</think>, then reply with the answer as <answer>N</answer>."
 _EQUATION = re.compile(r"(-?\d+)\s*([+\-*])\s*(-?\d+)\s*=\s*(-?\d+)")
 
 _LEVELS = {
@@ -42,14 +49,26 @@ def _evaluate(a: int, op: str, b: int) -> int:
 @dataclass
 class ArithmeticTask:
     difficulty: int = 2
-    system_prompt: str | None = "Reply only with the answer as <answer>N</answer>."
+    system_prompt: str | None = _PLAIN_PROMPT
     name: str = "arith"
+    think: bool = False
 
     def __post_init__(self):
         if self.difficulty not in _LEVELS:
             raise CredoError(
                 f"arith: unknown difficulty {self.difficulty}; valid levels: {sorted(_LEVELS)}"
             )
+        if not isinstance(self.think, bool):
+            raise CredoError(f"arith: think must be true or false, got {self.think!r}")
+        if self.think and self.system_prompt == _PLAIN_PROMPT:
+            self.system_prompt = _THINK_PROMPT
+
+    def _formatted(self, completion: str) -> bool:
+        return answer_after_thought(completion) if self.think else only_answer(completion)
+
+    def _answer(self, completion: str) -> str | None:
+        """The answer tag's content (after the thought, when thinking is allowed)."""
+        return extract_answer(after_thought(completion) if self.think else completion)
 
     def _draw(self, rng: random.Random) -> tuple[int, str, int]:
         ops, lo_a, hi_a, lo_b, hi_b = _LEVELS[self.difficulty]
@@ -66,17 +85,17 @@ class ArithmeticTask:
                              lambda p: f"{p[0]}{p[1]}{p[2]}", make)
 
     def score(self, completion: str, example: Example) -> Score:
-        formatted = only_answer(completion)
-        value = parse_int(extract_answer(completion))
+        formatted = self._formatted(completion)
+        value = parse_int(self._answer(completion))
         correct = formatted and value is not None and str(value) == example.answer
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
 
     def final_answer(self, completion: str, example: Example) -> str | None:
         """The integer in the answer tag, written canonically ("+068" -> "68"), for majority voting;
         a tag holding no integer votes for its raw text; no vote without the strict format."""
-        if not only_answer(completion):
+        if not self._formatted(completion):
             return None
-        raw = extract_answer(completion)
+        raw = self._answer(completion)
         value = parse_int(raw)
         return raw if value is None else str(value)
 

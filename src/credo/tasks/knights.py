@@ -30,6 +30,20 @@ The verifier is lenient about case, order, whitespace and separators ("ann is a 
 knave" is fine) but every inhabitant must be named exactly once with exactly one of "knight" or
 "knave"; any other word (such as "not") or an unknown name makes the answer wrong.
 Reward: 1.0 when the completion is exactly one answer tag (`only_answer`) with the right roles.
+
+`reasoning = true` makes the demonstrations reasoning traces: a `<think>` block that solves the puzzle
+by case analysis, then the answer tag (`reasoning_trace`), and lets the model's completion carry one
+such block before the answer (`answer_after_thought`). This is the warm-up data of "Warm Up Before You
+Train" written by a rule-based solver instead of the paper's teacher (QwQ-32B): depth-first, each
+inhabitant assumed a knight, then a knave; after each assumption every statement that has just become
+decidable is checked against its speaker's role; a contradiction rejects the assumption, and when both
+roles of an inhabitant fail the assumption before it is rejected. For example:
+
+    <think>Suppose Ann is a knight. Suppose Bob is a knight. Ann says "Bob is a knave.": false, but a
+    knight tells the truth. Contradiction, so Bob is not a knight. Suppose Bob is a knave. Ann says
+    "Bob is a knave.": true, and a knight tells the truth. Bob says "Ann and I are the same kind.":
+    false, and a knave lies. Every statement fits.</think>
+    <answer>Ann: knight, Bob: knave</answer>
 """
 
 from __future__ import annotations
@@ -40,13 +54,15 @@ import re
 from dataclasses import dataclass
 
 from credo.errors import CredoError
-from credo.rewards.answer_tags import extract_answer, only_answer
+from credo.rewards.answer_tags import after_thought, answer_after_thought, extract_answer, only_answer
 from credo.tasks.base import Example, Score, draw_examples
 
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay")
 LEVELS = range(2, len(NAMES) + 1)
 _FILLER = {"is", "a", "an", "and", "the"}
 _ROLES = {"knight": True, "knave": False}
+_PLAIN_PROMPT = "Reply only with the answer as <answer>...</answer>."
+_THINK_PROMPT = "Think step by step inside <think>...</think>, then reply with the answer as <answer>...</answer>."
 _INTRO = (
     "A very special island is inhabited only by knights and knaves. Knights always tell the "
     "truth, and knaves always lie."
@@ -80,6 +96,61 @@ def solutions(statements: list[tuple]) -> list[tuple[bool, ...]]:
         for roles in itertools.product((True, False), repeat=n)
         if all(_holds(s, i, roles) == roles[i] for i, s in enumerate(statements))
     ]
+
+
+def _people(statement: tuple, speaker: int) -> set[int]:
+    """The inhabitants whose roles decide whether the speaker's statement fits (the speaker included)."""
+    form = statement[0]
+    if form == "is":
+        return {speaker, statement[1]}
+    if form == "both":
+        return {speaker, statement[1], statement[2]}
+    if form in ("same", "diff"):
+        return {speaker, statement[1]}
+    return {speaker, statement[1][0], statement[2][0]}
+
+
+def reasoning_trace(statements: list[tuple]) -> str:
+    """A case-analysis solution of a puzzle, as a `<think>...</think>` block (module docstring).
+
+    Depth-first over inhabitants in order, knight before knave; after assuming inhabitant k's role,
+    each statement whose deciding inhabitants (`_people`) are now all assumed and include k is
+    checked. Raises CredoError when no assignment fits (the task only draws puzzles with one)."""
+    n = len(statements)
+    ready: list[list[int]] = [[] for _ in range(n)]  # statements decidable once inhabitant k is assumed
+    for i, statement in enumerate(statements):
+        ready[max(_people(statement, i))].append(i)
+    lines: list[str] = []
+
+    def kind(role: bool) -> str:
+        return "knight" if role else "knave"
+
+    def search(roles: tuple[bool, ...]) -> bool:
+        k = len(roles)
+        if k == n:
+            return True
+        for role in (True, False):
+            lines.append(f"Suppose {NAMES[k]} is a {kind(role)}.")
+            assumed, fits = roles + (role,), True
+            for i in ready[k]:
+                truth = _holds(statements[i], i, assumed + (False,) * (n - k - 1))
+                fits = truth == assumed[i]
+                rule = "a knight tells the truth" if assumed[i] else "a knave lies"
+                lines.append(f'{NAMES[i]} says "{render_statement(statements[i], i)}": '
+                             f'{"true" if truth else "false"}, {"and" if fits else "but"} {rule}.')
+                if not fits:
+                    lines.append(f"Contradiction, so {NAMES[k]} is not a {kind(role)}.")
+                    break
+            if fits and search(assumed):
+                return True
+            if fits:  # the deeper inhabitants had no consistent role under this assumption
+                lines.append(f"No role fits {NAMES[k + 1]}, so {NAMES[k]} is not a {kind(role)}.")
+        return False
+
+    if not search(()):
+        raise CredoError("knights: the puzzle has no consistent assignment")
+    lines.append("Every statement fits.")
+    return "<think>" + " ".join(lines) + "</think>"
 
 
 def _random_statement(rng: random.Random, speaker: int, n: int) -> tuple:
@@ -173,8 +244,9 @@ def parse_roles(text: object) -> dict[str, bool] | None:
 @dataclass
 class KnightsKnavesTask:
     difficulty: int = 2
-    system_prompt: str | None = "Reply only with the answer as <answer>...</answer>."
+    system_prompt: str | None = _PLAIN_PROMPT
     name: str = "knights"
+    reasoning: bool = False
 
     def __post_init__(self):
         if self.difficulty not in LEVELS:
@@ -182,6 +254,17 @@ class KnightsKnavesTask:
                 f"knights: unknown difficulty {self.difficulty}; valid levels (number of "
                 f"inhabitants): {list(LEVELS)}"
             )
+        if not isinstance(self.reasoning, bool):
+            raise CredoError(f"knights: reasoning must be true or false, got {self.reasoning!r}")
+        if self.reasoning and self.system_prompt == _PLAIN_PROMPT:
+            self.system_prompt = _THINK_PROMPT
+
+    def _formatted(self, completion: str) -> bool:
+        return answer_after_thought(completion) if self.reasoning else only_answer(completion)
+
+    def _answer(self, completion: str) -> str | None:
+        """The answer tag's content (after the thought, when thinking is allowed)."""
+        return extract_answer(after_thought(completion) if self.reasoning else completion)
 
     def _draw(self, rng: random.Random) -> tuple[list[tuple], tuple[bool, ...]] | None:
         n = self.difficulty
@@ -192,7 +275,9 @@ class KnightsKnavesTask:
     def examples(self, split: str, n: int, seed: int) -> list[Example]:
         def make(problem) -> Example:
             answer = render_answer(problem[1])
-            return Example(render_puzzle(problem[0]), answer, f"<answer>{answer}</answer>", {"level": self.difficulty})
+            thought = reasoning_trace(problem[0]) + "\n" if self.reasoning else ""
+            return Example(render_puzzle(problem[0]), answer, f"{thought}<answer>{answer}</answer>",
+                           {"level": self.difficulty})
 
         rng = random.Random(f"{self.name}:{self.difficulty}:{split}:{seed}")
         return draw_examples(f"knights difficulty {self.difficulty}", split, n, rng, self._draw,
@@ -202,18 +287,18 @@ class KnightsKnavesTask:
         """The roles as a canonical "name=knight|knave" list sorted by name (any wording or order of
         the same roles gives the same answer), else the raw answer text, for majority voting; no vote
         without the strict format."""
-        if not only_answer(completion):
+        if not self._formatted(completion):
             return None
-        raw = extract_answer(completion)
+        raw = self._answer(completion)
         roles = parse_roles(raw)
         if roles is None:
             return raw
         return ",".join(f"{name}={'knight' if r else 'knave'}" for name, r in sorted(roles.items()))
 
     def score(self, completion: str, example: Example) -> Score:
-        formatted = only_answer(completion)
+        formatted = self._formatted(completion)
         correct = False
         if formatted:
-            given = parse_roles(extract_answer(completion))
+            given = parse_roles(self._answer(completion))
             correct = given is not None and given == parse_roles(example.answer)
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
