@@ -142,6 +142,11 @@ class WarmupConfig:
     """Demonstrations per step."""
     lr: Annotated[float, Range(lo=0, lo_open=True)] = 3e-5
     """AdamW learning rate (linear warm-up over the first 10% of steps, then cosine decay)."""
+    demonstrations: Annotated[str, Text()] = ""
+    """A JSONL / Parquet / CSV file of {"prompt", "demonstration"} rows (an optional "answer"), e.g. a demos
+    stage's demonstrations.jsonl: the warm-up trains on them, in seeded epochs, instead of the task's own
+    demonstrations (the task still scores the held-out set). Empty = the task's. In a pipeline, "@<stage>"
+    names an earlier demos stage's file."""
 
 
 @dataclass

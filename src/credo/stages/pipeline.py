@@ -131,6 +131,27 @@ class ResolvedStage:
     log: Path
 
 
+def final_model(stage: "ResolvedStage") -> str:
+    """The model a stage ends with: its checkpoints/final, or for a stage that trains nothing (demos) the
+    model it was given."""
+    if stage.spec.kind == "demos":
+        return stage.cfg.model.name
+    return str(stage.folder / "checkpoints" / "final")
+
+
+def demonstrations_file(value: str, by_name: dict, resolved: list, where: str) -> str:
+    """warmup.demonstrations "@<stage>" / "@previous": that earlier demos stage's demonstrations.jsonl."""
+    if not isinstance(value, str) or not value.startswith("@"):
+        return value
+    ref = value[1:]
+    stage = resolved[-1] if ref == "previous" and resolved else by_name.get(ref)
+    if stage is None or stage.spec.kind != "demos":
+        raise CredoError(f"{where}: warmup.demonstrations = {value!r} names no earlier demos stage")
+    from credo.stages.demos import FILE
+
+    return str(stage.folder / FILE)
+
+
 def resolve_stages(header: dict[str, Any], specs: Sequence[StageSpec], out: Path,
                    extra: Sequence[tuple[str, str]] = ()) -> list[ResolvedStage]:
     """Every stage's TrainConfig and parameters, checked now (before any stage runs), with the model chain,
@@ -151,7 +172,8 @@ def resolve_stages(header: dict[str, Any], specs: Sequence[StageSpec], out: Path
             kind = STAGES.get(spec.kind)
         except CredoError as exc:
             raise CredoError(f"{where}: {exc}") from None
-        overrides = list(header.get("fields", [])) + list(spec.overrides) + list(extra)
+        overrides = [(k, demonstrations_file(v, by_name, resolved, where) if k == "warmup.demonstrations" else v)
+                     for k, v in list(header.get("fields", [])) + list(spec.overrides) + list(extra)]
         keys = {k for k, _ in overrides}
         if "seed" in header and "run.seed" not in keys:
             overrides.append(("run.seed", str(int(header["seed"]))))
@@ -166,15 +188,14 @@ def resolve_stages(header: dict[str, Any], specs: Sequence[StageSpec], out: Path
         folder = out / "stages" / spec.folder_name(index)
         cfg.run.out_dir, cfg.run.name = str(folder.parent), folder.name
         if "model.name" not in keys and index > 0:  # the chain: start from an earlier stage's final model
-            source = by_name[spec.start] if spec.start else resolved[-1]
-            cfg.model.name = str(source.folder / "checkpoints" / "final")
+            cfg.model.name = final_model(by_name[spec.start] if spec.start else resolved[-1])
         teacher = getattr(params, "teacher", None)  # a distillation teacher named by stage: "@previous" / "@<name>"
         if isinstance(teacher, str) and teacher.startswith("@"):
             ref = teacher[1:]
             if ref == "previous" and index > 0:
-                params.teacher = str(resolved[-1].folder / "checkpoints" / "final")
+                params.teacher = final_model(resolved[-1])
             elif ref in by_name:
-                params.teacher = str(by_name[ref].folder / "checkpoints" / "final")
+                params.teacher = final_model(by_name[ref])
             else:
                 raise CredoError(f"{where}: teacher = {teacher!r} names no earlier stage (use \"@previous\" or "
                                  f"\"@<stage name>\")")

@@ -76,7 +76,7 @@ from credo.dist.env import init as init_world, teardown as teardown_world
 from credo.dist.placement import place_for_rl
 from credo.dist.shard import shard_bounds
 from credo.train.snr import lr_state_from_json, lr_state_to_json
-from credo.train.sft import run_warmup
+from credo.train.sft import read_demonstrations, run_warmup
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -196,6 +196,9 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.rollout.engine == "vllm" and cfg.dist.strategy != "none":
         raise CredoError("rollout.engine \"vllm\" with dist.strategy ranks is not built yet (each rank would need "
                          "its own engine and weight sync); use dist.strategy none or rollout.engine \"torch\"")
+    if cfg.warmup.demonstrations.startswith("@"):
+        raise CredoError(f"warmup.demonstrations = {cfg.warmup.demonstrations!r} names a pipeline stage; only "
+                         f"`credo pipeline` resolves \"@<stage>\" (give a file here)")
     check_scale_out(cfg)
     check_trackers(cfg.run.trackers)  # (a missing tensorboard / wandb package, before the run folder exists)
     from credo.tasks import TASKS
@@ -411,7 +414,10 @@ def warmup_stage(run: Run) -> None:
     if wc.steps <= 0:
         return
     t = time.perf_counter()
-    demos = run.task.examples("train", wc.steps * wc.batch_size, seed=run.cfg.run.seed + 10_000)
+    if wc.demonstrations:  # a file (a demos stage's): cycled in the seeded order run_warmup shuffles
+        demos = read_demonstrations(wc.demonstrations)
+    else:
+        demos = run.task.examples("train", wc.steps * wc.batch_size, seed=run.cfg.run.seed + 10_000)
     bar = _progress(wc.steps, "warm-up", run.cfg.run.progress)
     last = [time.perf_counter()]
 

@@ -19,6 +19,31 @@ from credo.tasks.base import Example, Task, render_prompt
 from credo.train.optim import lr_at, make_optimizer, set_lr
 
 
+def read_demonstrations(path) -> list[Example]:
+    """`warmup.demonstrations`: the file's rows as Examples (prompt, answer or "", demonstration, meta
+    {"source": row["source"]} when given); raises CredoError naming the file, row and field of a bad row
+    and of an empty file."""
+    from credo.errors import CredoError
+    from credo.tasks.data_files import read_records, type_name
+
+    out = []
+    for record in read_records(path):
+        values = {}
+        for name, required in (("prompt", True), ("demonstration", True), ("answer", False)):
+            value = record.row.get(name)
+            if value is None and not required:
+                value = ""
+            if not isinstance(value, str) or (required and not value.strip()):
+                raise CredoError(f"{record.where}: field {name!r} must be a non-empty string, got "
+                                 f"{type_name(value) if not isinstance(value, str) else repr(value)}")
+            values[name] = value
+        meta = {"source": record.row["source"]} if isinstance(record.row.get("source"), str) else {}
+        out.append(Example(values["prompt"], values["answer"], values["demonstration"], meta))
+    if not out:
+        raise CredoError(f"warmup.demonstrations: {path} holds no rows")
+    return out
+
+
 def demonstration_batch(tokenizer, task: Task, examples: Sequence[Example]):
     """tokens [B, T], attention_mask [B, T], loss_mask [B, T] for prompt + demonstration + EOS."""
     rows = []
