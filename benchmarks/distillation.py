@@ -79,6 +79,14 @@ def config(preset: str, out: Path, name: str, fields: dict[str, str]):
     return resolve_config(preset, None, list({**base, **fields}.items()))
 
 
+def shown(path: str | Path) -> str:
+    """A path as the report writes it: relative to the repository when inside it (no machine's absolute path)."""
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def teacher_folder(path: Path) -> Path:
     """A run folder's checkpoints/final, else the folder itself (a checkpoint or a model folder)."""
     final = path / "checkpoints" / "final"
@@ -262,13 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     minutes = (time.perf_counter() - started) / 60
     lines = [f"# On-policy distillation into a {args.layers}-layer student: token selection and temperature arms",
              "", f"`python benchmarks/distillation.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
-             f"teacher {teacher} ({'given' if args.teacher else f'trained here, {teacher_s / 60:.1f} min'}), "
-             f"student {student}; {args.steps} distill steps x {args.prompts_per_step} prompts x {args.samples} "
+             f"teacher {shown(teacher)} ({'given' if args.teacher else f'trained here, {teacher_s / 60:.1f} min'}), "
+             f"student {shown(student)}; {args.steps} distill steps x {args.prompts_per_step} prompts x {args.samples} "
              f"samples per arm, lr {args.lr:g}; held-out {args.eval_size} problems of the {preset} preset's task; "
              f"{minutes:.1f} min in all; 1-minute load average at the end {os.getloadavg()[0]:.1f}.", "",
              *table(teacher_eval, student_eval, rows + means)]
     meta = {"command": sys.argv if argv is None else ["benchmarks/distillation.py", *argv], "smoke": args.smoke,
-            "teacher": str(teacher), "student": student, "layers": args.layers, "teacher_eval": teacher_eval,
+            "teacher": shown(teacher), "student": shown(student), "layers": args.layers, "teacher_eval": teacher_eval,
             "student_eval": student_eval, "minutes": round(minutes, 2), "load_average": os.getloadavg()[0]}
     write_results(results, lines, rows, {**meta, "means": means})
 

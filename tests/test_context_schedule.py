@@ -204,6 +204,7 @@ def _comparable(run_dir):
     return [{k: v for k, v in r.items() if k not in timing} for r in read_metrics(run_dir / "metrics.jsonl")]
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_retrospective_counts_survive_a_sigkill_and_resume_bitwise(tmp_path):
     """The per-prompt counts are in every RL checkpoint (state.json "curriculum"), so a run killed in step 3's
     update and resumed draws the same retrospective prompts and ends with the same metrics and weights."""

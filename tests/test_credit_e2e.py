@@ -48,7 +48,10 @@ def test_there_are_token_level_estimators_of_every_kind():
     assert MULTI_TURN, "no turn-level estimator found"
 
 
-@pytest.mark.parametrize("name", TOKEN_LEVEL)
+SLOW = {"bnpo_decomposed", "brpo"}  # minutes each in CI (probe rollouts): run with -m slow
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TOKEN_LEVEL])
 def test_token_level_estimator_trains_end_to_end(tmp_path, name):
     if name in MULTI_TURN:
         rl = tiny_run(tmp_path, name, "--rl.credit", name, "--task.params", "{}", *EXTRA.get(name, []),

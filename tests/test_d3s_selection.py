@@ -89,6 +89,7 @@ def _train(tmp_path, name, extra):
 TIMING = {"gen_time", "update_time", "step_time", "weight_sync_time", "tokens_per_s", "gen_tokens_per_s"}
 
 
+@pytest.mark.slow  # the longest training run of the file (minutes in CI): run with -m slow
 def test_d3s_in_training(tmp_path):
     plain = _train(tmp_path, "plain", [])
     everything = _train(tmp_path, "all", ["--rl.sample_selection", "d3s",

@@ -355,6 +355,7 @@ def _credo(args, fault=None):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_selected_pool_survives_a_sigkill_and_resumes_bitwise(tmp_path):
     from safetensors.torch import load_file
 

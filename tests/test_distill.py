@@ -318,6 +318,7 @@ def _stage(config: Path, params: Path, *, resume=False, fault=None):
     return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_sigkill_then_resume_is_bitwise(teacher_dir, tmp_path):
     """LATF + AdaKD temperatures + a sparse probability-softened teacher + micro-batches, killed after step 3
     (checkpoints every 2 steps, held-out evaluations every 2): the resume equals the uninterrupted run."""

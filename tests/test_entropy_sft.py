@@ -199,6 +199,7 @@ def _stage(config: Path, params: Path, *, resume=False, fault=None):
     return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_sigkill_then_resume_is_bitwise(tmp_path):
     from credo.config import to_dict
     from credo.train.logging import read_metrics

@@ -157,6 +157,7 @@ def _stage(config: Path, params: Path, *, resume=False, fault=None):
     return subprocess.run(argv + (["--resume"] if resume else []), env=env, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_sigkill_then_resume_is_bitwise(tmp_path):
     """The task's demonstrations, micro-batches, checkpoints and evaluations every 2 steps, killed in step 3
     (between its backward and its update): the resume equals the uninterrupted run."""

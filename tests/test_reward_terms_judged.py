@@ -410,6 +410,7 @@ def test_autorule_trains_from_the_config(tmp_path, tiny_folder):
     ("autorule", {"rules": ["Give the answer in answer tags.", "Keep it short."], "judge": "tiny", "soft": True,
                   "max_tokens": 128}),
 ])
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_judged_term_cache_survives_a_sigkill_and_resumes_bitwise(tmp_path, term, params):
     """The verdict cache is the term's state: in every RL checkpoint, restored on --resume, so a run killed
     mid-way ends with the uninterrupted run's metrics, cache and weights (test_resume.py's pattern)."""

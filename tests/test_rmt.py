@@ -285,6 +285,7 @@ def _credo(args, fault=None):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_sigkill_then_resume_is_bitwise(tmp_path):
     """A .txt document source; killed between the optimizer steps of RL step 1 (checkpoints every step): the
     resume's metrics (budgets included) and final weights equal the uninterrupted run's."""

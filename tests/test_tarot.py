@@ -298,6 +298,7 @@ def _credo(args, fault=None):
                           timeout=300)
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 def test_tarot_survives_a_sigkill_and_resumes_bitwise(tmp_path):
     """The chosen policy and its pass rate are in every RL checkpoint: the resumed run does not measure
     again and ends with the uninterrupted run's metrics and weights."""
