@@ -273,7 +273,8 @@ def main(argv: list[str] | None = None) -> None:
              f"teacher {shown(teacher)} ({'given' if args.teacher else f'trained here, {teacher_s / 60:.1f} min'}), "
              f"student {shown(student)}; {args.steps} distill steps x {args.prompts_per_step} prompts x {args.samples} "
              f"samples per arm, lr {args.lr:g}; held-out {args.eval_size} problems of the {preset} preset's task; "
-             f"{minutes:.1f} min in all; 1-minute load average at the end {os.getloadavg()[0]:.1f}.", "",
+             f"{minutes:.1f} min this invocation (the arms' stages: {sum(r['seconds'] for r in rows) / 60:.1f} min, "
+             f"kept from earlier invocations where finished); 1-minute load average at the end {os.getloadavg()[0]:.1f}.", "",
              *table(teacher_eval, student_eval, rows + means)]
     meta = {"command": sys.argv if argv is None else ["benchmarks/distillation.py", *argv], "smoke": args.smoke,
             "teacher": shown(teacher), "student": shown(student), "layers": args.layers, "teacher_eval": teacher_eval,
