@@ -75,7 +75,9 @@ CATALOG = [
           "a task"),
     Entry("sft", "supervised fine-tuning on demonstrations (cold start)",
           "Warm Up Before You Train: Unlocking General Reasoning in Resource-Constrained Settings (arXiv 2505.13718)",
-          "confirmed", "a task with demonstrations (or a JSONL demonstration field)"),
+          "confirmed", "a task with demonstrations, or warmup.demonstrations (a file, a demos stage's)",
+          "works (knights reasoning = true: rule-based case-analysis traces stand in for the paper's QwQ-32B traces; "
+          "a demos stage distils from a teacher folder)"),
     Entry("rl", "RL from the stage's model without a warm-up (any recipe)", "-", "confirmed", "a task"),
     Entry("eval", "held-out accuracy of the stage's model on the stage's task (no training)", "-", "confirmed",
           "a task"),
