@@ -387,6 +387,7 @@ def reference_run(tmp_path_factory):
     return params, root / "ref"
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 @pytest.mark.parametrize("fault, resumed_from", [("update:6", "step_4"),  # mid-round: the examples from the checkpoint
                                                  ("rollout:2", "step_3")])  # after round 1's rollouts: redone
 def test_sigkill_then_resume_is_bitwise(reference_run, tmp_path, fault, resumed_from):

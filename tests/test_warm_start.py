@@ -347,6 +347,7 @@ def _comparable(folder):
     return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in read_metrics(folder / "metrics.jsonl")]
 
 
+@pytest.mark.slow  # a SIGKILL / resume replay (minutes in CI): run with -m slow
 @pytest.mark.parametrize("fault, progress", [
     ("warm_start:2", {"critic": 1, "policy": 0, "warmup_rollout": 0, "done": False}),  # in the critic pre-training
     ("warm_start:5", {"critic": 3, "policy": 1, "warmup_rollout": 0, "done": False}),  # after it, in the warm-up
