@@ -92,3 +92,14 @@ def answer_after_thought(text: object) -> bool:
     thought; nothing but whitespace may follow the answer."""
     rest = after_thought(text)
     return rest is not None and only_answer(rest)
+
+
+def tag_format(text: object, *, thought: bool) -> bool:
+    """A task's strict format check: `answer_after_thought` when the task lets the model think first
+    (knights `reasoning`, arith `think`), else `only_answer`."""
+    return answer_after_thought(text) if thought else only_answer(text)
+
+
+def tag_answer(text: object, *, thought: bool) -> str | None:
+    """The answer tag's content, read after the thought when the task lets the model think first."""
+    return extract_answer(after_thought(text) if thought else text)

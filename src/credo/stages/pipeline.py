@@ -139,12 +139,17 @@ def final_model(stage: "ResolvedStage") -> str:
     return str(stage.folder / "checkpoints" / "final")
 
 
+def referenced_stage(value: str, by_name: dict, resolved: list) -> "ResolvedStage | None":
+    """The earlier stage "@previous" / "@<name>" names, else None."""
+    ref = value[1:]
+    return resolved[-1] if ref == "previous" and resolved else by_name.get(ref)
+
+
 def demonstrations_file(value: str, by_name: dict, resolved: list, where: str) -> str:
     """warmup.demonstrations "@<stage>" / "@previous": that earlier demos stage's demonstrations.jsonl."""
     if not isinstance(value, str) or not value.startswith("@"):
         return value
-    ref = value[1:]
-    stage = resolved[-1] if ref == "previous" and resolved else by_name.get(ref)
+    stage = referenced_stage(value, by_name, resolved)
     if stage is None or stage.spec.kind != "demos":
         raise CredoError(f"{where}: warmup.demonstrations = {value!r} names no earlier demos stage")
     from credo.stages.demos import FILE
@@ -191,11 +196,9 @@ def resolve_stages(header: dict[str, Any], specs: Sequence[StageSpec], out: Path
             cfg.model.name = final_model(by_name[spec.start] if spec.start else resolved[-1])
         teacher = getattr(params, "teacher", None)  # a distillation teacher named by stage: "@previous" / "@<name>"
         if isinstance(teacher, str) and teacher.startswith("@"):
-            ref = teacher[1:]
-            if ref == "previous" and index > 0:
-                params.teacher = final_model(resolved[-1])
-            elif ref in by_name:
-                params.teacher = final_model(by_name[ref])
+            source = referenced_stage(teacher, by_name, resolved)
+            if source is not None:
+                params.teacher = final_model(source)
             else:
                 raise CredoError(f"{where}: teacher = {teacher!r} names no earlier stage (use \"@previous\" or "
                                  f"\"@<stage name>\")")

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from credo.errors import CredoError
-from credo.rewards.answer_tags import after_thought, answer_after_thought, extract_answer, only_answer, parse_int
+from credo.rewards.answer_tags import extract_answer, parse_int, tag_answer, tag_format
 from credo.tasks.base import Example, Score, draw_examples
 
 _PLAIN_PROMPT = "Reply only with the answer as <answer>N</answer>."
@@ -63,13 +63,6 @@ class ArithmeticTask:
         if self.think and self.system_prompt == _PLAIN_PROMPT:
             self.system_prompt = _THINK_PROMPT
 
-    def _formatted(self, completion: str) -> bool:
-        return answer_after_thought(completion) if self.think else only_answer(completion)
-
-    def _answer(self, completion: str) -> str | None:
-        """The answer tag's content (after the thought, when thinking is allowed)."""
-        return extract_answer(after_thought(completion) if self.think else completion)
-
     def _draw(self, rng: random.Random) -> tuple[int, str, int]:
         ops, lo_a, hi_a, lo_b, hi_b = _LEVELS[self.difficulty]
         return rng.randint(lo_a, hi_a), rng.choice(ops), rng.randint(lo_b, hi_b)
@@ -85,17 +78,17 @@ class ArithmeticTask:
                              lambda p: f"{p[0]}{p[1]}{p[2]}", make)
 
     def score(self, completion: str, example: Example) -> Score:
-        formatted = self._formatted(completion)
-        value = parse_int(self._answer(completion))
+        formatted = tag_format(completion, thought=self.think)
+        value = parse_int(tag_answer(completion, thought=self.think))
         correct = formatted and value is not None and str(value) == example.answer
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
 
     def final_answer(self, completion: str, example: Example) -> str | None:
         """The integer in the answer tag, written canonically ("+068" -> "68"), for majority voting;
         a tag holding no integer votes for its raw text; no vote without the strict format."""
-        if not self._formatted(completion):
+        if not tag_format(completion, thought=self.think):
             return None
-        raw = self._answer(completion)
+        raw = tag_answer(completion, thought=self.think)
         value = parse_int(raw)
         return raw if value is None else str(value)
 

@@ -54,7 +54,7 @@ import re
 from dataclasses import dataclass
 
 from credo.errors import CredoError
-from credo.rewards.answer_tags import after_thought, answer_after_thought, extract_answer, only_answer
+from credo.rewards.answer_tags import tag_answer, tag_format
 from credo.tasks.base import Example, Score, draw_examples
 
 NAMES = ("Ann", "Bob", "Cal", "Dee", "Eve", "Fay")
@@ -259,13 +259,6 @@ class KnightsKnavesTask:
         if self.reasoning and self.system_prompt == _PLAIN_PROMPT:
             self.system_prompt = _THINK_PROMPT
 
-    def _formatted(self, completion: str) -> bool:
-        return answer_after_thought(completion) if self.reasoning else only_answer(completion)
-
-    def _answer(self, completion: str) -> str | None:
-        """The answer tag's content (after the thought, when thinking is allowed)."""
-        return extract_answer(after_thought(completion) if self.reasoning else completion)
-
     def _draw(self, rng: random.Random) -> tuple[list[tuple], tuple[bool, ...]] | None:
         n = self.difficulty
         statements = [_random_statement(rng, i, n) for i in range(n)]
@@ -287,18 +280,18 @@ class KnightsKnavesTask:
         """The roles as a canonical "name=knight|knave" list sorted by name (any wording or order of
         the same roles gives the same answer), else the raw answer text, for majority voting; no vote
         without the strict format."""
-        if not self._formatted(completion):
+        if not tag_format(completion, thought=self.reasoning):
             return None
-        raw = self._answer(completion)
+        raw = tag_answer(completion, thought=self.reasoning)
         roles = parse_roles(raw)
         if roles is None:
             return raw
         return ",".join(f"{name}={'knight' if r else 'knave'}" for name, r in sorted(roles.items()))
 
     def score(self, completion: str, example: Example) -> Score:
-        formatted = self._formatted(completion)
+        formatted = tag_format(completion, thought=self.reasoning)
         correct = False
         if formatted:
-            given = parse_roles(self._answer(completion))
+            given = parse_roles(tag_answer(completion, thought=self.reasoning))
             correct = given is not None and given == parse_roles(example.answer)
         return Score(reward=1.0 if correct else 0.0, correct=correct, formatted=formatted)
