@@ -315,7 +315,13 @@ class RLConfig:
     skipped for a non-finite loss or gradient (each skip leaves weights and AdamW state untouched)."""
     recompute_old_logprobs: bool = True
     """Recompute the behaviour logprobs with the trainer's forward pass before updating (costs one
-    forward; removes the sampler/trainer numeric mismatch from the importance ratio)."""
+    forward; removes the sampler/trainer numeric mismatch from the importance ratio). When the update is
+    one on-policy pass (rl.epochs = rl.minibatches = 1, no rl.is_correction, one process) the recompute is
+    skipped: the update's own forward gives the same logprobs, detached, as the behaviour ones (ratio 1)."""
+    shared_prefix: bool = True
+    """Compute each group's prompt once in the trainer's forward and backward (and the reference and
+    recomputed logprobs), its G completions attending to it, instead of G times padded
+    (credo/prefix_forward.py); the same values up to float rounding. Off: the reference forward."""
     judge: Annotated[str, Text(pattern=r"synthetic|llm(:.+)?|prm:.+", meaning="synthetic, llm, llm:<folder> or prm:<folder>")] = "synthetic"
     """Who scores steps for step-level credit (PURE, CAPO, TP-GRPO, ...): "synthetic" (the task's true
     step scores with rl.judge_noise / judge_bias / judge_flip), "llm" (the bundled SmolLM2 asked yes/no,

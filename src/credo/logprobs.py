@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from credo.chunked_head import chunked_head_applies, chunked_logprobs
+
 # What an objective may declare it needs beyond sampled-token logprobs (see objectives.base.needs).
 OUTPUT_NEEDS = ("entropy", "full_logprobs", "hidden_states")
 
@@ -49,11 +51,17 @@ def policy_outputs(
     *,
     temperature: float = 1.0,
     needs: frozenset[str] = frozenset(),
+    group_ids: torch.Tensor | None = None,
+    chunked_head: bool = True,
 ) -> PolicyOutputs:
     """One forward pass giving what the objective needs (see PolicyOutputs).
 
     tokens [B, T] long, attention_mask [B, T], score_mask [B, T] bool (False at position 0).
     logprobs[b, t] = log softmax(logits[b, t - 1] / temperature)[tokens[b, t]].
+    group_ids [B] (optional): rows of one group share their prompt; it is then computed once per group
+    (credo/prefix_forward.py, the same values up to float rounding) unless hidden states are needed.
+    chunked_head: the output head and log-softmax in chunks of positions, [N, V] never held whole
+    (credo/chunked_head.py), unless full_logprobs are needed or the head is not a plain linear layer.
     """
     unknown = set(needs) - set(OUTPUT_NEEDS)
     if unknown:
@@ -64,22 +72,39 @@ def policy_outputs(
 
         with on_model_device(home, device):
             out = policy_outputs(model, tokens.to(device), attention_mask.to(device), score_mask.to(device),
-                                 temperature=temperature, needs=needs)
+                                 temperature=temperature, needs=needs,
+                                 group_ids=group_ids, chunked_head=chunked_head)
         return PolicyOutputs(*(None if x is None else (tuple(h.to(home) for h in x) if isinstance(x, tuple)
                                                         else x.to(home))
                                for x in (out.logprobs, out.entropy, out.full_logprobs, out.hidden_states)))
     want_hidden = "hidden_states" in needs
-    out = model.base_model(input_ids=tokens, attention_mask=attention_mask.long(),
-                           output_hidden_states=want_hidden)
     where = score_mask[:, 1:]  # [B, T-1]: the hidden state at t-1 scores token t
-    logits = _final_logits(model, out.last_hidden_state[:, :-1][where]) / temperature  # [N, V]
-    logp_all = torch.log_softmax(logits, dim=-1)
-    picked = logp_all.gather(-1, tokens[:, 1:][where][:, None]).squeeze(-1)  # [N]
+    shared = None
+    if group_ids is not None and not want_hidden:
+        from credo.prefix_forward import shared_prefix_hidden
+
+        shared = shared_prefix_hidden(model, tokens, attention_mask, score_mask, group_ids)
+    if shared is not None:
+        hidden, targets, out = *shared, None
+    else:
+        out = model.base_model(input_ids=tokens, attention_mask=attention_mask.long(),
+                               output_hidden_states=want_hidden)
+        hidden, targets = out.last_hidden_state[:, :-1][where], tokens[:, 1:][where]  # [N, C], [N]
     logprobs = torch.zeros(tokens.shape, dtype=torch.float32, device=tokens.device)
+    entropy = torch.zeros_like(logprobs)
+    logp_all = None
+    grad_entropy = torch.is_grad_enabled() and "entropy" in needs
+    if chunked_head and "full_logprobs" not in needs and chunked_head_applies(model):
+        picked, ent = chunked_logprobs(model, hidden, targets, temperature=temperature)
+        ent = ent if grad_entropy else ent.detach()
+    else:
+        logits = _final_logits(model, hidden) / temperature  # [N, V]
+        logp_all = torch.log_softmax(logits, dim=-1)
+        picked = logp_all.gather(-1, targets[:, None]).squeeze(-1)  # [N]
+        with torch.set_grad_enabled(grad_entropy):
+            ent = -(logp_all.exp() * logp_all).sum(-1)
     logprobs[:, 1:][where] = picked
-    with torch.set_grad_enabled(torch.is_grad_enabled() and "entropy" in needs):
-        ent = -(logp_all.exp() * logp_all).sum(-1)
-    entropy = torch.zeros_like(logprobs, dtype=ent.dtype)
+    entropy = entropy.to(ent.dtype)
     entropy[:, 1:][where] = ent
     return PolicyOutputs(
         logprobs=logprobs,

@@ -67,6 +67,7 @@ class UpdateSettings:
     skip_zero_advantage: bool
     autocast_dtype: torch.dtype | None
     recompute_old_logprobs: bool = True
+    shared_prefix: bool = True  # each group's prompt computed once in the trainer's forward (prefix_forward.py)
     entropy_coef: float = 0.0  # entropy bonus added to any objective: loss - coef * reduce(entropy)
     correction: Callable | None = None  # rl.is_correction bound (objectives/is_correction.py); None = off
 
@@ -126,10 +127,23 @@ def recompute_old_logprobs(
     for micro in rows.split(settings.micro_batch_size):
         part = batch.select(micro)
         with autocast_context(settings.autocast_dtype, device):
-            logprobs = token_logprobs(model, part.tokens, part.attention_mask, part.loss_mask,
-                                      temperature=settings.temperature)
+            logprobs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
+                                      temperature=settings.temperature, group_ids=prefix_groups(part, settings)).logprobs
         old[micro, : part.tokens.shape[1]] = logprobs
     return old
+
+
+def prefix_groups(batch: RolloutBatch, settings: UpdateSettings) -> torch.Tensor | None:
+    """The rows' group ids when the shared-prompt forward is on (rl.shared_prefix), else None."""
+    return batch.group_ids if settings.shared_prefix else None
+
+
+def single_on_policy_pass(batch: RolloutBatch, settings: UpdateSettings, dist: Any) -> bool:
+    """One optimizer step on fresh samples with nothing that reads the behaviour logprobs before it:
+    the update's own forward then gives the recomputed logprobs (detached), so the no-grad recompute
+    forward is skipped. (Same values: the same micro-batches through the same model and weights.)"""
+    return (settings.recompute_old_logprobs and batch.old_logprobs is None and settings.epochs == 1
+            and settings.minibatches == 1 and settings.correction is None and dist is None)
 
 
 def apply_correction(batch: RolloutBatch, rows: torch.Tensor, correction: Callable
@@ -190,7 +204,10 @@ def ppo_update(
                 **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
     model.train()
-    if settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
+    fused_old = single_on_policy_pass(batch, settings, dist)
+    if fused_old:
+        pass  # each micro-batch's forward below doubles as its recompute
+    elif settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
         scorer = model if dist is None else dist.scoring_model  # (no collectives in no-grad scoring)
         batch = replace(batch, old_logprobs=recompute_old_logprobs(scorer, batch, rows, settings))
     correction_metrics: dict[str, float] = {}
@@ -216,10 +233,12 @@ def ppo_update(
                         (dist.sync_context(model, index, passes) if dist is not None else contextlib.nullcontext()):
                     outputs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
                                              temperature=settings.temperature,
-                                             needs=forward_needs)
+                                             needs=forward_needs, group_ids=prefix_groups(part, settings))
                 if not real:  # (zero gradient; the wrapper's collectives still run)
                     (outputs.logprobs.sum() * 0.0).backward()
                     continue
+                if fused_old:  # the recomputed behaviour logprobs: this forward's, detached (ratio 1)
+                    part = replace(part, old_logprobs=outputs.logprobs.detach())
                 entropy = outputs.entropy.detach()
                 if pass_outputs:
                     terms = objective(outputs.logprobs, part, outputs=outputs)
@@ -621,10 +640,10 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
     batch = build_batch(*rows[:3], pad_id=pad_token_id(ctx.tokenizer))
     if ctx.ref_model is not None:
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
-            batch.ref_logprobs = token_logprobs(
+            batch.ref_logprobs = policy_outputs(
                 ctx.ref_model, batch.tokens, batch.attention_mask, batch.loss_mask,
-                temperature=ctx.settings.temperature,
-            )
+                temperature=ctx.settings.temperature, group_ids=prefix_groups(batch, ctx.settings),
+            ).logprobs
     row_prompt_ids = torch.tensor([prompt_ids[g] for g in group_ids], dtype=torch.long)
     credit_metrics = assign_credit(ctx, batch, rows[0], rows[3], row_prompt_ids)
     if ctx.sample_selection is not None:  # D3S: train on the max-Var(A) rollouts of each group only
