@@ -43,7 +43,9 @@ sys.path.insert(0, str(TESTS))  # fixture_tasks (the parity task) for the in-pro
 ARGS = ["--preset", "tiny", "--run.progress", "false", "--run.eval_base", "false", "--task.eval_size", "4",
         "--warmup.steps", "1", "--rl.steps", "2", "--rl.minibatches", "2", "--rl.micro_batch_size", "3",
         "--rl.lr", "1e-5", "--rl.kl_coef", "0.05", "--rl.entropy_coef", "0.01", "--model.threads", "1",
-        "--dist.seed_per_prompt", "true", "--task.name", "fixture_tasks:ParityTask"]
+        "--dist.seed_per_prompt", "true", "--task.name", "fixture_tasks:ParityTask",
+        # several ranks use the reference forward; so does the one-process run compared with them
+        "--rl.shared_prefix", "false", "--rl.chunked_head", "false"]
 
 
 def _port() -> int:

@@ -321,7 +321,12 @@ class RLConfig:
     shared_prefix: bool = True
     """Compute each group's prompt once in the trainer's forward and backward (and the reference and
     recomputed logprobs), its G completions attending to it, instead of G times padded
-    (credo/prefix_forward.py); the same values up to float rounding. Off: the reference forward."""
+    (credo/prefix_forward.py); the same values up to float rounding. Off: the reference forward. One
+    process only: under torch.distributed (dist.strategy) the reference forward is used."""
+    chunked_head: bool = True
+    """Compute the output head and log-softmax in chunks of 256 positions ([N, V] logits never held
+    whole, credo/chunked_head.py); the same values up to float rounding. One process only, like
+    rl.shared_prefix."""
     judge: Annotated[str, Text(pattern=r"synthetic|llm(:.+)?|prm:.+", meaning="synthetic, llm, llm:<folder> or prm:<folder>")] = "synthetic"
     """Who scores steps for step-level credit (PURE, CAPO, TP-GRPO, ...): "synthetic" (the task's true
     step scores with rl.judge_noise / judge_bias / judge_flip), "llm" (the bundled SmolLM2 asked yes/no,

@@ -68,6 +68,7 @@ class UpdateSettings:
     autocast_dtype: torch.dtype | None
     recompute_old_logprobs: bool = True
     shared_prefix: bool = True  # each group's prompt computed once in the trainer's forward (prefix_forward.py)
+    chunked_head: bool = True  # the output head in chunks of positions (chunked_head.py)
     entropy_coef: float = 0.0  # entropy bonus added to any objective: loss - coef * reduce(entropy)
     correction: Callable | None = None  # rl.is_correction bound (objectives/is_correction.py); None = off
 
@@ -113,9 +114,10 @@ def trainable_rows(batch: RolloutBatch, skip_zero_advantage: bool) -> torch.Tens
 
 @torch.no_grad()
 def recompute_old_logprobs(
-    model: torch.nn.Module, batch: RolloutBatch, rows: torch.Tensor, settings: UpdateSettings
+    model: torch.nn.Module, batch: RolloutBatch, rows: torch.Tensor, settings: UpdateSettings, dist: Any = None
 ) -> torch.Tensor:
-    """Behaviour logprobs [B, T] of the given rows under the trainer's own forward pass.
+    """Behaviour logprobs [B, T] of the given rows under the trainer's own forward pass (dist: several
+    ranks, the reference forward).
 
     The sampler (KV-cache decoding, other batch shapes, bf16) and the trainer do not compute
     bit-identical logprobs; measured on SmolLM2 in bf16 the on-policy ratio spans 0.5-1.5 without
@@ -128,14 +130,20 @@ def recompute_old_logprobs(
         part = batch.select(micro)
         with autocast_context(settings.autocast_dtype, device):
             logprobs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
-                                      temperature=settings.temperature, group_ids=prefix_groups(part, settings)).logprobs
+                                      temperature=settings.temperature, group_ids=prefix_groups(part, settings, dist),
+                                      chunked_head=fast_head(settings, dist)).logprobs
         old[micro, : part.tokens.shape[1]] = logprobs
     return old
 
 
-def prefix_groups(batch: RolloutBatch, settings: UpdateSettings) -> torch.Tensor | None:
-    """The rows' group ids when the shared-prompt forward is on (rl.shared_prefix), else None."""
-    return batch.group_ids if settings.shared_prefix else None
+def prefix_groups(batch: RolloutBatch, settings: UpdateSettings, dist: Any = None) -> torch.Tensor | None:
+    """The rows' group ids when the shared-prompt forward is on (rl.shared_prefix, one process), else None."""
+    return batch.group_ids if settings.shared_prefix and dist is None else None
+
+
+def fast_head(settings: UpdateSettings, dist: Any = None) -> bool:
+    """The chunked output head (rl.chunked_head), one process only (not verified under FSDP2)."""
+    return settings.chunked_head and dist is None
 
 
 def single_on_policy_pass(batch: RolloutBatch, settings: UpdateSettings, dist: Any) -> bool:
@@ -209,7 +217,7 @@ def ppo_update(
         pass  # each micro-batch's forward below doubles as its recompute
     elif settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
         scorer = model if dist is None else dist.scoring_model  # (no collectives in no-grad scoring)
-        batch = replace(batch, old_logprobs=recompute_old_logprobs(scorer, batch, rows, settings))
+        batch = replace(batch, old_logprobs=recompute_old_logprobs(scorer, batch, rows, settings, dist))
     correction_metrics: dict[str, float] = {}
     if settings.correction is not None:  # sampler/trainer mismatch and policy lag (rl.is_correction)
         batch, correction_metrics = apply_correction(batch, rows, settings.correction)
@@ -233,7 +241,8 @@ def ppo_update(
                         (dist.sync_context(model, index, passes) if dist is not None else contextlib.nullcontext()):
                     outputs = policy_outputs(model, part.tokens, part.attention_mask, part.loss_mask,
                                              temperature=settings.temperature,
-                                             needs=forward_needs, group_ids=prefix_groups(part, settings))
+                                             needs=forward_needs, group_ids=prefix_groups(part, settings, dist),
+                                             chunked_head=fast_head(settings, dist))
                 if not real:  # (zero gradient; the wrapper's collectives still run)
                     (outputs.logprobs.sum() * 0.0).backward()
                     continue
@@ -394,7 +403,7 @@ def behaviour_logprobs(ctx: RLContext, batch: RolloutBatch) -> torch.Tensor:
     (rl.recompute_old_logprobs; computed here once and stored, so the update reuses them), else the
     sampler's."""
     if ctx.settings.recompute_old_logprobs and batch.old_logprobs is None:
-        batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, torch.arange(len(batch)), ctx.settings)
+        batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, torch.arange(len(batch)), ctx.settings, ctx.dist)
     return batch.old_logprobs if batch.old_logprobs is not None else batch.sampler_logprobs
 
 
@@ -427,7 +436,7 @@ def assign_credit(ctx: RLContext, batch: RolloutBatch, completions, row_examples
         return metrics
     if "logprobs" in credit_needs_of(ctx.credit) and ctx.settings.recompute_old_logprobs:
         rows = torch.arange(len(batch))
-        batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, rows, ctx.settings)
+        batch.old_logprobs = recompute_old_logprobs(scoring_model(ctx), batch, rows, ctx.settings, ctx.dist)
     sources = ctx.credit_sources
     before = dict(sources.counters)
     sources.step_metrics.clear()  # (what a provider reports for this step alone)
@@ -642,7 +651,8 @@ def rl_step(ctx: RLContext, step: int, examples: Sequence[Example],
         with torch.no_grad(), autocast_context(ctx.settings.autocast_dtype, batch.tokens.device):
             batch.ref_logprobs = policy_outputs(
                 ctx.ref_model, batch.tokens, batch.attention_mask, batch.loss_mask,
-                temperature=ctx.settings.temperature, group_ids=prefix_groups(batch, ctx.settings),
+                temperature=ctx.settings.temperature, group_ids=prefix_groups(batch, ctx.settings, ctx.dist),
+                chunked_head=fast_head(ctx.settings, ctx.dist),
             ).logprobs
     row_prompt_ids = torch.tensor([prompt_ids[g] for g in group_ids], dtype=torch.long)
     credit_metrics = assign_credit(ctx, batch, rows[0], rows[3], row_prompt_ids)

@@ -470,6 +470,7 @@ def rl_context(run: Run) -> RLContext:
         temperature=run.sampling.temperature if run.sampling.temperature > 0 else 1.0,
         norm_constant=float(run.sampling.max_new_tokens), skip_zero_advantage=rl.skip_zero_advantage,
         autocast_dtype=run.dtype, recompute_old_logprobs=rl.recompute_old_logprobs, shared_prefix=rl.shared_prefix,
+        chunked_head=rl.chunked_head,
         entropy_coef=rl.entropy_coef,
         correction=None if rl.is_correction == "none" else bind_params(
             IS_CORRECTIONS.get(rl.is_correction), {}, rl.is_params, "importance-sampling correction"),
