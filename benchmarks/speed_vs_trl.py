@@ -103,8 +103,6 @@ def useful_flops(shape: dict, prompt_lens: list[int], completion_lens: list[list
 
 
 def worker_credo(args) -> dict:
-    import torch
-
     from credo.presets import PRESETS
     from credo.train.rl import rl_step
     from credo.train.run import rl_context, setup
@@ -284,7 +282,10 @@ def main(argv=None) -> int:
         ensure_trl(Path(args.trl_path))
     sys.path.insert(0, str(ROOT / "src"))
     SCRATCH.mkdir(parents=True, exist_ok=True)
-    result: dict = {"args": {**{k: v for k, v in vars(args).items() if k not in ("worker", "model_dir", "precision")},
+    def shown(v):  # paths inside the repository are recorded relative to it (results are committed)
+        return os.path.relpath(v, ROOT) if isinstance(v, str) and v.startswith(str(ROOT)) else v
+
+    result: dict = {"args": {**{k: shown(v) for k, v in vars(args).items() if k not in ("worker", "model_dir", "precision")},
                              "argv": list(sys.argv[1:] if argv is None else argv)},
                     "cpu": cpu_name(), "load_average_start": os.getloadavg()[0], "cells": {}}
     result["peak_flops"] = run_worker("peak", args)

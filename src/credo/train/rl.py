@@ -212,10 +212,8 @@ def ppo_update(
                 **{k: nan for k in ("loss", "entropy", "clip_fraction", "approx_kl", "ratio_min", "ratio_max")}}
     device = next(model.parameters()).device
     model.train()
-    fused_old = single_on_policy_pass(batch, settings, dist)
-    if fused_old:
-        pass  # each micro-batch's forward below doubles as its recompute
-    elif settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
+    fused_old = single_on_policy_pass(batch, settings, dist)  # then each micro-batch's forward is its recompute
+    if not fused_old and settings.recompute_old_logprobs and batch.old_logprobs is None:  # (a credit estimator may have done it)
         scorer = model if dist is None else dist.scoring_model  # (no collectives in no-grad scoring)
         batch = replace(batch, old_logprobs=recompute_old_logprobs(scorer, batch, rows, settings, dist))
     correction_metrics: dict[str, float] = {}
